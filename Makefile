@@ -1,0 +1,24 @@
+# The two commands the README promises; both install what they need into .venv first.
+#   make up     run the whole suite (engine, router, edge) on loopback with the embedded default
+#   make test   contract checks and the whole test suite
+# Extra arguments for `switchyard up`: make up ARGS="--engine sim --http-port 8080"
+
+.PHONY: up test install bench lint protos
+
+up:
+	scripts/bootstrap cpu
+	.venv/bin/switchyard up $(ARGS)
+
+test:
+	scripts/bootstrap cpu,test,dev
+	scripts/check-protos
+	.venv/bin/ruff check services tests bench
+	scripts/run-tests $(ARGS)
+
+bench:
+	scripts/bootstrap cpu,test,dev
+	.venv/bin/python -m bench $(ARGS)
+
+protos:
+	scripts/bootstrap cpu,test,dev
+	scripts/gen-protos
