@@ -1,0 +1,248 @@
+"""The `switchyard` command.
+
+    switchyard up [--engine vllm|sim] [--model PATH_OR_ID] [--host 127.0.0.1] [--http-port 8000]
+                  [--api-key KEY]
+    switchyard keys create|list|revoke|top-up ...   (when the accounting package is installed)
+
+`up` runs engine, router and edge as three processes on loopback with the embedded default
+configuration (deploy/local/models.yaml), waits until the edge's /health answers 200, prints the base
+URL and the key, and stops all three (edge first, engine last) on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY_MODEL_ID = "switchyard/tiny-llama"
+SIM_MODEL_ID = "switchyard/sim"
+# Seconds a service gets to drain after SIGTERM before it is killed.
+STOP_GRACE = 15.0
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SWITCHYARD_CACHE_DIR", REPO_ROOT / ".cache")).resolve()
+
+
+def has_gpu() -> bool:
+    """A CUDA device is visible. Checked without importing torch, which takes seconds."""
+    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
+
+
+@dataclass
+class Service:
+    name: str
+    module: str
+    env: dict[str, str]
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self, log_dir: Path | None) -> None:
+        stdout = None
+        if log_dir is not None:
+            stdout = open(log_dir / f"{self.name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", self.module],
+            env={**os.environ, **self.env},
+            stdout=stdout,
+            stderr=subprocess.STDOUT if stdout else None,
+            # Own process group: Ctrl-C reaches only `switchyard up`, which stops the children in order.
+            start_new_session=True,
+        )
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def engine_env(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    """The engine's settings for `up`, and the model id it serves."""
+    env = {"SWITCHYARD_ENGINE_HOST": args.host, "SWITCHYARD_ENGINE_PORT": str(args.engine_port)}
+    if args.engine == "sim":
+        model_id = args.served_model_name or SIM_MODEL_ID
+        env |= {"SWITCHYARD_ENGINE_BACKEND": "sim", "SWITCHYARD_ENGINE_SERVED_MODEL_NAME": model_id}
+        return model_id, env
+
+    env["SWITCHYARD_ENGINE_BACKEND"] = "vllm"
+    if args.model:
+        model_path = args.model
+        model_id = args.served_model_name or args.model.rstrip("/")
+        if "/" not in model_id or Path(model_id).exists():
+            model_id = f"local/{Path(model_id).name}"
+    else:
+        from services.engine.tiny_model import ensure_tiny_model
+
+        print("building the tiny local model (once; cached under .cache/models) ...", flush=True)
+        model_path = str(ensure_tiny_model(cache_dir() / "models" / "tiny-llama"))
+        model_id = args.served_model_name or TINY_MODEL_ID
+        env["SWITCHYARD_ENGINE_VLLM__TOOL_CALL_PARSER"] = "hermes"
+    env |= {"SWITCHYARD_ENGINE_VLLM__MODEL": model_path, "SWITCHYARD_ENGINE_SERVED_MODEL_NAME": model_id}
+    if not has_gpu():
+        # vLLM's CPU build: no CUDA graphs or compilation, a bounded KV cache, one process.
+        env |= {
+            "SWITCHYARD_ENGINE_VLLM__ENFORCE_EAGER": "true",
+            "SWITCHYARD_ENGINE_VLLM__KV_CACHE_MEMORY_BYTES": str(args.kv_cache_mib * 1024 * 1024),
+            "TORCHDYNAMO_DISABLE": "1",
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        }
+    return model_id, env
+
+
+def offline_env() -> dict[str, str]:
+    """No hub at run time and every cache inside the project's cache folder."""
+    root = cache_dir()
+    return {
+        "SWITCHYARD_CACHE_DIR": str(root),
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        "HF_HOME": os.environ.get("HF_HOME", str(root / "hf")),
+        "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(root / "vllm")),
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+
+
+def build_services(args: argparse.Namespace, api_key: str) -> list[Service]:
+    from services.edge.settings import hash_api_key
+
+    model_id, engine = engine_env(args)
+    common = offline_env() | {"SWITCHYARD_LOG_LEVEL": args.log_level}
+    engine_address = f"{args.host}:{args.engine_port}"
+    router_address = f"{args.host}:{args.router_port}"
+    router = {
+        "SWITCHYARD_ROUTER_HOST": args.host,
+        "SWITCHYARD_ROUTER_PORT": str(args.router_port),
+        "SWITCHYARD_LOCAL_MODEL": model_id,
+        "SWITCHYARD_LOCAL_ENGINE": engine_address,
+    }
+    if args.reveal_model_names:
+        router["SWITCHYARD_ROUTER_REVEAL_MODEL_NAMES"] = "true"
+    edge = {
+        "SWITCHYARD_EDGE_HOST": args.host,
+        "SWITCHYARD_EDGE_PORT": str(args.http_port),
+        "SWITCHYARD_EDGE_ROUTER_ADDRESS": router_address,
+        "SWITCHYARD_EDGE_API_KEY_HASHES": json.dumps([hash_api_key(api_key)]),
+    }
+    for name in ("ENGINE", "ROUTER", "EDGE"):
+        common[f"SWITCHYARD_{name}_LOG_LEVEL"] = args.log_level
+    return [
+        Service("engine", "services.engine", common | engine),
+        Service("router", "services.router", common | router),
+        Service("edge", "services.edge", common | edge),
+    ]
+
+
+def edge_healthy(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_until_healthy(services: list[Service], base: str, timeout: float, stopping: list[bool]) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stopping:
+        for service in services:
+            if service.exited() is not None:
+                print(f"{service.name} exited with code {service.exited()}", file=sys.stderr)
+                return False
+        if edge_healthy(base):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    api_key = args.api_key or os.environ.get("SWITCHYARD_API_KEY") or f"sy-{secrets.token_urlsafe(24)}"
+    services = build_services(args, api_key)
+    log_dir = Path(args.log_dir).resolve() if args.log_dir else None
+    if log_dir:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    stopping: list[bool] = []
+
+    def request_stop(signum, frame):
+        stopping.append(True)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    base = f"http://{args.host}:{args.http_port}"
+    code = 0
+    try:
+        for service in services:
+            service.start(log_dir)
+        if not wait_until_healthy(services, base, args.startup_timeout, stopping):
+            if not stopping:
+                print(f"Switchyard did not become healthy within {args.startup_timeout:.0f}s", file=sys.stderr)
+                code = 1
+            return code
+        print(f"Switchyard is up: {base}/v1  (API key: {api_key})", flush=True)
+        print(f"  try: curl {base}/v1/models -H 'Authorization: Bearer {api_key}'", flush=True)
+        while not stopping:
+            for service in services:
+                if service.exited() is not None:
+                    print(f"{service.name} exited with code {service.exited()}; stopping", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        for service in reversed(services):
+            service.stop()
+        print("Switchyard stopped.", flush=True)
+
+
+def add_up_parser(subparsers) -> None:
+    up = subparsers.add_parser("up", help="run engine, router and edge on this machine")
+    up.add_argument("--engine", choices=["vllm", "sim"], default="vllm",
+                    help="vllm (default: the tiny local model on CPU, or --model) or the simulator")
+    up.add_argument("--model", help="model path (or id in the local HF cache) for the vllm engine")
+    up.add_argument("--served-model-name", help="the model id clients see (default: derived)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--http-port", type=int, default=8000)
+    up.add_argument("--router-port", type=int, default=50051)
+    up.add_argument("--engine-port", type=int, default=50061)
+    up.add_argument("--api-key", help="the API key clients use (default: $SWITCHYARD_API_KEY or a new one)")
+    up.add_argument("--reveal-model-names", action="store_true",
+                    help="name the real model in responses instead of 'redacted'")
+    up.add_argument("--kv-cache-mib", type=int, default=256, help="KV cache size on CPU (vllm engine)")
+    up.add_argument("--startup-timeout", type=float, default=600.0)
+    up.add_argument("--log-level", default="INFO")
+    up.add_argument("--log-dir", help="write each service's log to DIR/<service>.log instead of the terminal")
+    up.set_defaults(func=cmd_up)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="switchyard", description=__doc__.split("\n\n")[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_up_parser(subparsers)
+    try:
+        from services.router.accounting.cli import register as register_keys
+    except ImportError:
+        pass
+    else:
+        register_keys(subparsers)
+    args = parser.parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
