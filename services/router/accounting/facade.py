@@ -1,0 +1,324 @@
+"""`Accounting`: the one object the router servicer calls for keys, credits, limits, the request
+log and the response cache. Per request, in order:
+
+    principal = await accounting.authenticate_metadata(context.invocation_metadata())
+    cached = accounting.cache_lookup(principal, model, request.input)     # None on a miss
+    admission = await accounting.admit(principal, request_id=..., model=..., prices=...,
+                                       prompt_tokens=..., max_completion_tokens=...,
+                                       cached=cached is not None)
+    await context.send_initial_metadata(tuple(admission.rate_limit_headers.items()))
+    try:
+        ... generate (or replay `cached`), counting usage ...
+    finally:
+        settlement = await accounting.settle(admission, usage)    # also on error or cancellation
+    accounting.cache_store(principal, model, request.input, deltas, usage)   # complete responses only
+    accounting.record(RequestLogEntry(..., cost_nanocredits=settlement.cost_nanocredits))
+
+Hot path: `authenticate` is a dict lookup after the first call per key (key_cache_seconds); limits
+are in memory; a request to a priced model costs two short transactions (reserve, settle); a free
+one (price 0, or a free cache hit) touches no database at all; `record` and the cache never await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from cachetools import TTLCache
+from prometheus_client import Counter
+
+from services.common.errors import InvalidApiKeyError, PermissionDeniedError
+from services.router.accounting import migrations
+from services.router.accounting.credits import CreditLedger, Reservation, unreserved
+from services.router.accounting.database import Database
+from services.router.accounting.keys import KeyStore, Principal, hash_secret
+from services.router.accounting.pricing import Prices, nanocredits_to_credits
+from services.router.accounting.queries import RequestLogReader
+from services.router.accounting.rate_limits import RateLimiter, RateLimitTicket
+from services.router.accounting.request_log import RequestLogEntry, RequestLogWriter
+from services.router.accounting.response_cache import (
+    CachedResponse,
+    ResponseCache,
+    cache_key,
+    is_deterministic,
+)
+from services.router.accounting.settings import AccountingSettings
+from switchyard.inference.v1 import inference_pb2
+
+logger = logging.getLogger(__name__)
+
+SETTLEMENTS_FAILED = Counter(
+    "switchyard_credit_settlements_failed",
+    "Settlements the database refused; their holds stay open until reconciled (nothing is billed).",
+)
+
+_UNKNOWN_KEY = object()
+
+
+def bearer_key(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The key in `authorization: Bearer KEY` call metadata, or InvalidApiKeyError."""
+    for name, value in metadata or ():
+        if name == "authorization" and isinstance(value, str):
+            scheme, _, key = value.partition(" ")
+            if scheme.lower() == "bearer" and key.strip():
+                return key.strip()
+    raise InvalidApiKeyError("Missing API key: send 'authorization: Bearer KEY'.")
+
+
+@dataclass(slots=True)
+class Admission:
+    """An admitted request: its hold on credits and its place under the key's rate limits."""
+
+    principal: Principal
+    request_id: str
+    model: str
+    prices: Prices
+    cached: bool
+    # OpenAI's x-ratelimit-* headers after this admission, for the edge's response.
+    rate_limit_headers: dict[str, str]
+    _ticket: RateLimitTicket = field(repr=False)
+    _reservation: Reservation | None = field(repr=False)
+    _settlement: Settlement | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    cost_nanocredits: int
+
+    @property
+    def cost(self) -> float:
+        """Credits, for the breakdown."""
+        return nanocredits_to_credits(self.cost_nanocredits)
+
+
+class Accounting:
+    def __init__(self, settings: AccountingSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.database = Database(
+            settings.database_url, sqlite_busy_timeout=settings.sqlite_busy_timeout_seconds
+        )
+        self.keys = KeyStore(self.database)
+        self.ledger = CreditLedger(self.database, settings.instance_name)
+        self.log = RequestLogReader(self.database)
+        self._log_writer = RequestLogWriter(
+            self.database,
+            queue_size=settings.log_queue_size,
+            batch_size=settings.log_batch_size,
+            max_linger=settings.log_max_linger_seconds,
+        )
+        self._limiter = RateLimiter(clock)
+        self._principals: TTLCache[str, object] = TTLCache(
+            maxsize=settings.key_cache_size, ttl=settings.key_cache_seconds, timer=clock
+        )
+        self._responses = ResponseCache(
+            max_bytes=settings.response_cache_max_bytes,
+            ttl_seconds=settings.response_cache_ttl_seconds,
+            clock=clock,
+        )
+        # Settlements and late releases run as tasks that a cancelled caller cannot interrupt;
+        # close() waits for them.
+        self._background: set[asyncio.Task] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Migrates (when configured), reconciles what a previous run left open, starts writing the
+        request log and sweeping abandoned reservations."""
+        if self.settings.migrate_on_start:
+            await migrations.upgrade(self.database)
+        released = await self.reconcile(own=True)
+        if released:
+            logger.warning(
+                "released %d credit reservations left open by an earlier run (not billed)", released
+            )
+        self._log_writer.start()
+        self._sweeper = asyncio.create_task(self._sweep_abandoned(), name="reservation-sweeper")
+
+    async def close(self) -> None:
+        """After the server has drained: finishes settlements, writes the log, closes the database."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._log_writer.close()
+        await self.database.dispose()
+
+    async def reconcile(self, *, own: bool) -> int:
+        """Releases abandoned reservations (see credits.py); `own` includes every one this
+        instance holds, which is right only when none of its requests is running (at start)."""
+        older_than = datetime.now(UTC) - timedelta(seconds=self.settings.reservation_max_age_seconds)
+        return await self.ledger.release_abandoned(older_than=older_than, own=own)
+
+    # -- keys --------------------------------------------------------------------------------------
+
+    async def authenticate(self, api_key: str) -> Principal:
+        """The key's principal, from memory when checked in the last key_cache_seconds; unknown
+        and revoked keys raise InvalidApiKeyError (and are remembered as unknown as briefly)."""
+        digest = hash_secret(api_key)
+        principal = self._principals.get(digest)
+        if principal is None:
+            principal = await self.keys.principal_for(digest) or _UNKNOWN_KEY
+            self._principals[digest] = principal
+        if principal is _UNKNOWN_KEY:
+            raise InvalidApiKeyError("Incorrect API key provided.")
+        return principal  # type: ignore[return-value]
+
+    async def authenticate_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
+        return await self.authenticate(bearer_key(metadata))
+
+    def forget_keys(self) -> None:
+        """Drops the key cache, so that changes made here (a revocation) apply at once."""
+        self._principals.clear()
+
+    # -- credits and limits ------------------------------------------------------------------------
+
+    async def admit(
+        self,
+        principal: Principal,
+        *,
+        request_id: str,
+        model: str,
+        prices: Prices,
+        prompt_tokens: int,
+        max_completion_tokens: int,
+        cached: bool = False,
+    ) -> Admission:
+        """Checks the key may use `model`, takes the request under its rate limits and holds the
+        most it can cost (pricing.max_completion_tokens gives the output bound). Raises
+        PermissionDeniedError, RateLimitExceededError or InsufficientQuotaError."""
+        if not principal.may_use(model):
+            raise PermissionDeniedError(
+                "This API key may not use the requested model.", metadata={"param": "model"}
+            )
+        ticket, headers = self._limiter.acquire(principal, prompt_tokens + max_completion_tokens)
+        amount = prices.cost(prompt_tokens, max_completion_tokens, self._price_factor(cached))
+        reservation = None
+        if amount:
+            try:
+                reservation = await self._reserve(principal.key_id, amount, request_id, model)
+            except BaseException:
+                self._limiter.release(ticket, None)
+                raise
+        return Admission(principal, request_id, model, prices, cached, headers, ticket, reservation)
+
+    async def settle(self, admission: Admission, usage: inference_pb2.Usage) -> Settlement:
+        """Bills the usage (also of a failed, cancelled or timed-out request: what was generated is
+        billed) and releases the rest of the hold. Safe to call from `finally` while cancelled: the
+        database work finishes even if the caller does not wait. Settling twice returns the first
+        result."""
+        if admission._settlement is not None:
+            return admission._settlement
+        used = usage.prompt_tokens + usage.completion_tokens
+        self._limiter.release(admission._ticket, used)
+        cost = admission.prices.cost(
+            usage.prompt_tokens, usage.completion_tokens, self._price_factor(admission.cached)
+        )
+        settlement = admission._settlement = Settlement(cost)
+        reservation = admission._reservation
+        if reservation is None and cost == 0:
+            return settlement
+        if reservation is None:
+            # Usage beyond an estimate of zero: bill it without a hold.
+            reservation = unreserved(admission.principal.key_id, admission.request_id, admission.model)
+        await asyncio.shield(self._spawn(self._settle(reservation, cost)))
+        return settlement
+
+    async def _reserve(self, key_id: str, amount: int, request_id: str, model: str) -> Reservation:
+        task = self._spawn(self.ledger.reserve(key_id, amount, request_id=request_id, model=model))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The caller went away while the hold was being written; return it once it exists.
+            task.add_done_callback(self._release_if_reserved)
+            raise
+
+    def _release_if_reserved(self, task: asyncio.Task[Reservation]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self._spawn(
+                self.ledger.release(task.result(), note="released: request cancelled before dispatch")
+            )
+
+    async def _settle(self, reservation: Reservation, cost: int) -> None:
+        try:
+            await self.ledger.settle(reservation, cost)
+        except Exception:
+            SETTLEMENTS_FAILED.inc()
+            logger.exception(
+                "could not settle request %s (%d nanocredits); its hold stays open until reconciled",
+                reservation.request_id,
+                cost,
+            )
+
+    def _spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def _price_factor(self, cached: bool) -> float:
+        return self.settings.cached_response_price_factor if cached else 1.0
+
+    async def _sweep_abandoned(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reconcile_interval_seconds)
+            try:
+                released = await self.reconcile(own=False)
+            except Exception:
+                logger.exception("sweeping abandoned credit reservations failed; retrying later")
+                continue
+            if released:
+                logger.warning(
+                    "released %d credit reservations older than %.0fs (not billed)",
+                    released,
+                    self.settings.reservation_max_age_seconds,
+                )
+
+    # -- request log -------------------------------------------------------------------------------
+
+    def record(self, entry: RequestLogEntry) -> None:
+        """Queues the entry for the request log; never waits (see request_log.py)."""
+        self._log_writer.record(entry)
+
+    async def flush_log(self) -> None:
+        """Waits until everything recorded so far is written."""
+        await self._log_writer.flush()
+
+    # -- response cache ----------------------------------------------------------------------------
+
+    def cache_lookup(
+        self,
+        principal: Principal,
+        model: str,
+        generation: inference_pb2.GenerationInput,
+        *,
+        use_cache: bool = True,
+    ) -> CachedResponse | None:
+        """A stored response for this exact deterministic request, or None."""
+        if not self._cacheable(generation, use_cache):
+            return None
+        return self._responses.get(cache_key(principal.key_id, model, generation))
+
+    def cache_store(
+        self,
+        principal: Principal,
+        model: str,
+        generation: inference_pb2.GenerationInput,
+        deltas: Sequence[inference_pb2.TokenDelta],
+        usage: inference_pb2.Usage,
+        *,
+        use_cache: bool = True,
+    ) -> None:
+        """Stores a complete response (every choice finished) of a deterministic request."""
+        if self._cacheable(generation, use_cache):
+            self._responses.put(cache_key(principal.key_id, model, generation), deltas, usage)
+
+    def _cacheable(self, generation: inference_pb2.GenerationInput, use_cache: bool) -> bool:
+        return use_cache and self.settings.response_cache and is_deterministic(generation)

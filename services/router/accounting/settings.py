@@ -1,0 +1,61 @@
+"""Settings of the router's state layer. A plain model, nested in the router's settings as
+`accounting`, so its environment variables read SWITCHYARD_ROUTER_ACCOUNTING__<FIELD>."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+# Where the `switchyard keys` command and `switchyard up` find the database when --database is not
+# given: the same variable the router reads through its nested settings.
+DATABASE_URL_ENV = "SWITCHYARD_ROUTER_ACCOUNTING__DATABASE_URL"
+
+
+def default_database_url() -> str:
+    """$SWITCHYARD_ROUTER_ACCOUNTING__DATABASE_URL, else an SQLite file in ./var/.
+
+    The embedded database is state (balances, the ledger), not a cache, so it does not live under
+    SWITCHYARD_CACHE_DIR, which people delete freely; ./var/ is git-ignored and is where `make up`
+    runs from.
+    """
+    return (
+        os.environ.get(DATABASE_URL_ENV) or f"sqlite+aiosqlite:///{Path('var').resolve() / 'switchyard.db'}"
+    )
+
+
+class AccountingSettings(BaseModel):
+    """Keys, credits, rate limits, the request log and the response cache."""
+
+    # SQLAlchemy async URL: sqlite+aiosqlite:///path (one router) or postgresql+asyncpg://... (many).
+    database_url: str = Field(default_factory=default_database_url)
+    # Apply the Alembic migrations (upgrade head) when the router starts.
+    migrate_on_start: bool = True
+    # Names this router's credit reservations, so that a restart releases the ones its previous run
+    # left open. Must differ between routers sharing a database (a pod name, a host name).
+    instance_name: str = Field(default_factory=socket.gethostname)
+    # Any router releases reservations older than this: no request runs longer. Keep it above the
+    # edge's request timeout.
+    reservation_max_age_seconds: float = 3600.0
+    # How often open reservations older than reservation_max_age_seconds are swept.
+    reconcile_interval_seconds: float = 60.0
+    # Key checks are answered from memory this long, keeping the database off the hot path; a key
+    # revoked on another router (or with the CLI) still works here for at most this long.
+    key_cache_seconds: float = 5.0
+    key_cache_size: int = 10_000
+    # The request log: entries wait in a bounded queue and are written in batches; a full queue
+    # drops entries (counted in switchyard_request_log_dropped_total, never silently).
+    log_queue_size: int = 10_000
+    log_batch_size: int = 500
+    # The longest an entry waits for its batch to fill before it is written anyway.
+    log_max_linger_seconds: float = 0.5
+    # Exact-match cache of deterministic responses (temperature 0 or a seed), in memory.
+    response_cache: bool = True
+    response_cache_max_bytes: int = 64 * 1024 * 1024
+    response_cache_ttl_seconds: float = 300.0
+    # What a cache hit costs, as a fraction of the model's price for the same usage (0: free).
+    cached_response_price_factor: float = Field(default=0.0, ge=0.0)
+    # SQLite only: how long a writer waits for the database lock before failing.
+    sqlite_busy_timeout_seconds: float = 30.0

@@ -1,0 +1,130 @@
+"""Fixtures for the router's state layer. Every storage test runs against SQLite (a file per test)
+and, when SWITCHYARD_TEST_POSTGRES_DSN is set (`scripts/postgres run -- ...`), against PostgreSQL
+too (a database per test, dropped afterwards)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from services.router.accounting import Accounting, AccountingSettings, KeyPolicy, schema
+from services.router.accounting.database import Database
+
+POSTGRES_DSN = os.environ.get("SWITCHYARD_TEST_POSTGRES_DSN")
+BACKENDS = ["sqlite", "postgresql"] if POSTGRES_DSN else ["sqlite"]
+
+
+class FakeClock:
+    """Monotonic time that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(params=BACKENDS)
+async def database_url(request, tmp_path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"
+        return
+    server = make_url(POSTGRES_DSN)
+    name = f"switchyard_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server.set(drivername="postgresql").render_as_string(hide_password=False))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield server.set(database=name).render_as_string(hide_password=False)
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def settings(database_url) -> AccountingSettings:
+    return AccountingSettings(database_url=database_url, instance_name="router-under-test")
+
+
+@pytest.fixture
+async def accounting(settings, clock) -> AsyncIterator[Accounting]:
+    accounting = Accounting(settings, clock=clock)
+    await accounting.start()
+    yield accounting
+    await accounting.close()
+
+
+async def new_key(accounting: Accounting, credits: float = 10.0, **policy) -> tuple[str, str]:
+    """Creates a key; returns (key_id, secret)."""
+    record, secret = await accounting.keys.create(
+        KeyPolicy(name=policy.pop("name", "test"), **policy), credits=credits
+    )
+    return record.key_id, secret
+
+
+async def ledger_figures(database: Database, key_id: str) -> dict[str, int]:
+    """Balance and ledger sums per kind, in nanocredits, straight from the tables."""
+    ledger = schema.credit_ledger
+    async with database.engine.connect() as connection:
+        balance = (
+            await connection.execute(
+                select(schema.api_keys.c.balance_nanocredits).where(schema.api_keys.c.id == key_id)
+            )
+        ).scalar_one()
+        sums = dict(
+            (
+                await connection.execute(
+                    select(ledger.c.kind, func.sum(ledger.c.amount_nanocredits))
+                    .where(ledger.c.key_id == key_id)
+                    .group_by(ledger.c.kind)
+                )
+            ).all()
+        )
+        counts = dict(
+            (
+                await connection.execute(
+                    select(ledger.c.kind, func.count())
+                    .where(ledger.c.key_id == key_id)
+                    .group_by(ledger.c.kind)
+                )
+            ).all()
+        )
+        open_holds = (
+            await connection.execute(
+                select(func.count())
+                .select_from(schema.open_reservations)
+                .where(schema.open_reservations.c.key_id == key_id)
+            )
+        ).scalar_one()
+    return {
+        "balance": balance,
+        "top_up": int(sums.get("top_up", 0)),
+        "reservation": int(sums.get("reservation", 0)),
+        "release": int(sums.get("release", 0)),
+        "settlement": int(sums.get("settlement", 0)),
+        "reservations": counts.get("reservation", 0),
+        "releases": counts.get("release", 0),
+        "settlements": counts.get("settlement", 0),
+        "open_holds": open_holds,
+    }
+
+
+def assert_exact_ledger(figures: dict[str, int]) -> None:
+    """No hold open, every hold returned once, balance = top-ups - settled charges, to the unit."""
+    assert figures["open_holds"] == 0
+    assert figures["reservations"] == figures["releases"]
+    assert figures["reservation"] + figures["release"] == 0
+    assert figures["balance"] == figures["top_up"] + figures["settlement"]
