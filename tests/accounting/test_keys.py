@@ -42,7 +42,7 @@ async def test_a_new_key_authenticates_and_carries_its_policy(accounting):
 
 
 async def test_the_secret_is_stored_only_as_its_sha256(accounting):
-    record, secret = await accounting.keys.create(KeyPolicy(name="hashed"))
+    _, secret = await accounting.keys.create(KeyPolicy(name="hashed"))
     async with accounting.database.engine.connect() as connection:
         row = (await connection.execute(select(schema.api_keys))).mappings().one()
     assert row["secret_sha256"] == hashlib.sha256(secret.encode()).hexdigest()

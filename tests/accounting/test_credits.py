@@ -1,0 +1,270 @@
+"""Credits: hold the most a request can cost, bill what it used, return the rest; never overspend,
+never bill twice, and keep balance = top-ups - settled charges."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from services.common.errors import InsufficientQuotaError, InvalidApiKeyError, PermissionDeniedError
+from services.router.accounting import FREE, Prices, schema
+from switchyard.inference.v1 import inference_pb2
+
+from .conftest import assert_exact_ledger, ledger_figures, new_key
+
+# 1000 and 2000 credits per million tokens: 0.001 and 0.002 credits (10^6, 2 * 10^6 nc) per token.
+PRICES = Prices(input_per_million=1000.0, output_per_million=2000.0)
+IN, OUT = 1_000_000, 2_000_000
+
+
+def usage(prompt: int, completion: int) -> inference_pb2.Usage:
+    return inference_pb2.Usage(prompt_tokens=prompt, completion_tokens=completion)
+
+
+async def admit(accounting, secret: str, *, prompt=100, max_out=200, prices=PRICES, request_id="req", **kw):
+    principal = await accounting.authenticate(secret)
+    return await accounting.admit(
+        principal,
+        request_id=request_id,
+        model="acme/model",
+        prices=prices,
+        prompt_tokens=prompt,
+        max_completion_tokens=max_out,
+        **kw,
+    )
+
+
+async def test_reserve_then_settle_bills_the_usage_and_returns_the_rest(accounting):
+    key_id, secret = await new_key(accounting, credits=1.0)
+    admission = await admit(accounting, secret, prompt=100, max_out=200)
+    # Held: 100 * IN + 200 * OUT = 0.5 credits.
+    held = await ledger_figures(accounting.database, key_id)
+    assert held["balance"] == 500_000_000
+    assert held["open_holds"] == 1
+
+    settlement = await accounting.settle(admission, usage(100, 50))
+    assert settlement.cost_nanocredits == 200_000_000
+    assert settlement.cost == pytest.approx(0.2)
+    figures = await ledger_figures(accounting.database, key_id)
+    assert figures["balance"] == 800_000_000
+    assert figures["settlement"] == -200_000_000
+    assert_exact_ledger(figures)
+
+
+async def test_every_step_is_a_ledger_row_tied_to_the_request(accounting):
+    key_id, secret = await new_key(accounting, credits=1.0)
+    admission = await admit(accounting, secret, request_id="req-ledger")
+    await accounting.settle(admission, usage(100, 10))
+    async with accounting.database.engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                select(
+                    schema.credit_ledger.c.kind,
+                    schema.credit_ledger.c.amount_nanocredits,
+                    schema.credit_ledger.c.request_id,
+                )
+                .where(schema.credit_ledger.c.key_id == key_id)
+                .order_by(schema.credit_ledger.c.id)
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        ("top_up", 1_000_000_000, None),
+        ("reservation", -500_000_000, "req-ledger"),
+        ("settlement", -120_000_000, "req-ledger"),
+        ("release", 500_000_000, "req-ledger"),
+    ]
+
+
+async def test_settling_twice_bills_once(accounting):
+    key_id, secret = await new_key(accounting, credits=1.0)
+    admission = await admit(accounting, secret)
+    first = await accounting.settle(admission, usage(100, 50))
+    second = await accounting.settle(admission, usage(100, 200))
+    assert second == first
+    # Even a second settlement of the same reservation straight on the ledger changes nothing.
+    assert await accounting.ledger.settle(admission._reservation, 1) is False
+    figures = await ledger_figures(accounting.database, key_id)
+    assert figures["settlements"] == 1
+    assert figures["balance"] == 800_000_000
+    assert_exact_ledger(figures)
+
+
+async def test_not_enough_credits_is_insufficient_quota_and_changes_nothing(accounting):
+    key_id, secret = await new_key(accounting, credits=0.4)
+    with pytest.raises(InsufficientQuotaError) as refused:
+        await admit(accounting, secret, prompt=100, max_out=200)  # may cost 0.5
+    assert "0.5 credits" in refused.value.message
+    figures = await ledger_figures(accounting.database, key_id)
+    assert figures["balance"] == 400_000_000
+    assert figures["reservations"] == 0
+    # The refused request did not count against the key's concurrency either.
+    assert (await admit(accounting, secret, prompt=100, max_out=100)) is not None
+
+
+async def test_a_key_revoked_elsewhere_cannot_reserve(accounting):
+    key_id, secret = await new_key(accounting, credits=1.0)
+    principal = await accounting.authenticate(secret)
+    await accounting.keys.revoke(key_id)  # the principal above is still cached
+    with pytest.raises(InvalidApiKeyError):
+        await accounting.admit(
+            principal,
+            request_id="r",
+            model="acme/model",
+            prices=PRICES,
+            prompt_tokens=1,
+            max_completion_tokens=1,
+        )
+
+
+async def test_a_model_outside_the_keys_allowance_is_refused(accounting):
+    _, secret = await new_key(accounting, allowed_models=("acme/other",))
+    with pytest.raises(PermissionDeniedError):
+        await admit(accounting, secret)
+
+
+async def test_concurrent_reservations_never_overspend(accounting):
+    # 0.5 credits per request, 10 credits: exactly 20 of 60 simultaneous requests fit.
+    key_id, secret = await new_key(accounting, credits=10.0)
+    await accounting.authenticate(secret)
+
+    async def one(i: int):
+        try:
+            return await admit(accounting, secret, request_id=f"r{i}")
+        except InsufficientQuotaError:
+            return None
+
+    admissions = await asyncio.gather(*(one(i) for i in range(60)))
+    admitted = [a for a in admissions if a is not None]
+    assert len(admitted) == 20
+    assert (await ledger_figures(accounting.database, key_id))["balance"] == 0
+
+    await asyncio.gather(*(accounting.settle(a, usage(100, 100)) for a in admitted))
+    figures = await ledger_figures(accounting.database, key_id)
+    assert figures["balance"] == 10_000_000_000 - 20 * 300_000_000
+    assert_exact_ledger(figures)
+
+
+async def test_a_cancelled_request_is_billed_for_what_it_generated(accounting):
+    key_id, secret = await new_key(accounting, credits=1.0)
+    generating = asyncio.Event()
+
+    async def request():
+        admission = await admit(accounting, secret)
+        generated = 0
+        try:
+            generated = 30
+            generating.set()
+            await asyncio.Event().wait()  # the client goes away here
+        finally:
+            await accounting.settle(admission, usage(100, generated))
+
+    task = asyncio.create_task(request())
+    await generating.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    figures = await ledger_figures(accounting.database, key_id)
+    assert figures["settlement"] == -(100 * IN + 30 * OUT)
+    assert_exact_ledger(figures)
+
+
+async def test_a_settlement_survives_its_caller_being_cancelled_again(settings, clock):
+    from services.router.accounting import Accounting
+
+    accounting = Accounting(settings, clock=clock)
+    await accounting.start()
+    key_id, secret = await new_key(accounting, credits=1.0)
+    admission = await admit(accounting, secret)
+    settling = asyncio.create_task(accounting.settle(admission, usage(100, 30)))
+    await asyncio.sleep(0)  # one turn of the loop: settle() is now waiting on its database work
+    settling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await settling
+    await accounting.close()  # waits for the settlement to be written
+
+    reopened = Accounting(settings, clock=clock)
+    await reopened.start()
+    try:
+        figures = await ledger_figures(reopened.database, key_id)
+        assert figures["settlement"] == -(100 * IN + 30 * OUT)
+        assert_exact_ledger(figures)
+    finally:
+        await reopened.close()
+
+
+async def test_usage_beyond_the_estimate_is_billed_in_full(accounting):
+    # The router counts prompt tokens before the engine does; if it counted low, the real usage is
+    # still what is billed.
+    key_id, secret = await new_key(accounting, credits=1.0)
+    admission = await admit(accounting, secret, prompt=10, max_out=10)
+    await accounting.settle(admission, usage(400, 10))
+    figures = await ledger_figures(accounting.database, key_id)
+    assert figures["balance"] == 1_000_000_000 - (400 * IN + 10 * OUT)
+    assert_exact_ledger(figures)
+
+
+async def test_free_requests_touch_no_ledger(accounting):
+    key_id, secret = await new_key(accounting, credits=0)
+    admission = await admit(accounting, secret, prices=FREE)
+    assert (await accounting.settle(admission, usage(100, 100))).cost_nanocredits == 0
+    figures = await ledger_figures(accounting.database, key_id)
+    assert figures["reservations"] == figures["settlements"] == 0
+
+
+async def test_cache_hits_cost_the_configured_fraction(settings, clock):
+    from services.router.accounting import Accounting
+
+    settings = settings.model_copy(update={"cached_response_price_factor": 0.25})
+    accounting = Accounting(settings, clock=clock)
+    await accounting.start()
+    try:
+        key_id, secret = await new_key(accounting, credits=1.0)
+        admission = await admit(accounting, secret, cached=True)
+        settlement = await accounting.settle(admission, usage(100, 100))
+        assert settlement.cost_nanocredits == (100 * IN + 100 * OUT) // 4
+        assert_exact_ledger(await ledger_figures(accounting.database, key_id))
+    finally:
+        await accounting.close()
+
+
+async def test_a_swept_hold_is_not_released_twice_when_its_request_finishes(accounting):
+    key_id, secret = await new_key(accounting, credits=1.0)
+    admission = await admit(accounting, secret)
+    # A sweep by any router releases holds older than the longest possible request ...
+    future = datetime.now(UTC) + timedelta(seconds=1)
+    assert await accounting.ledger.release_abandoned(older_than=future, own=False) == 1
+    assert (await ledger_figures(accounting.database, key_id))["balance"] == 1_000_000_000
+    # ... and should the request still end, its usage is billed and nothing is returned again.
+    await accounting.settle(admission, usage(100, 50))
+    figures = await ledger_figures(accounting.database, key_id)
+    assert figures["balance"] == 800_000_000
+    assert figures["releases"] == 1
+    assert_exact_ledger(figures)
+
+
+async def test_reconcile_at_start_releases_only_this_routers_holds(settings, clock):
+    from services.router.accounting import Accounting
+
+    crashed = Accounting(settings, clock=clock)
+    await crashed.start()
+    key_id, secret = await new_key(crashed, credits=1.0)
+    await admit(crashed, secret, request_id="mine")
+    other = Accounting(settings.model_copy(update={"instance_name": "another-router"}), clock=clock)
+    await other.start()
+    await admit(other, secret, request_id="theirs", max_out=10)
+    await other.close()
+    await crashed.close()  # as if killed: both holds are still open
+
+    restarted = Accounting(settings, clock=clock)
+    await restarted.start()
+    try:
+        figures = await ledger_figures(restarted.database, key_id)
+        # "mine" released unbilled; "theirs" may still be running on the other router.
+        assert figures["open_holds"] == 1
+        assert figures["balance"] == 1_000_000_000 - (100 * IN + 10 * OUT)
+    finally:
+        await restarted.close()
