@@ -1,0 +1,42 @@
+"""What the edge knows about the HTTP request it is serving, beyond the body."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from switchyard.inference.v1 import inference_pb2 as inference
+
+
+@dataclass(slots=True)
+class AccessRecord:
+    """Filled while a request is served; the request-id middleware writes it as the access-log line."""
+
+    request_id: str
+    status: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def record_usage(self, usage: inference.Usage) -> None:
+        self.prompt_tokens = usage.prompt_tokens
+        self.completion_tokens = usage.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    request_id: str
+    # The caller's key, forwarded to the router (None when auth is off and none was given).
+    api_key: str | None
+    # Seconds: the edge's limit, lowered by the x-request-timeout header when it asks for less.
+    timeout: float
+    access: AccessRecord
+
+    def timeout_for(self, requested: float | None) -> float:
+        """The deadline of a generation whose body asked for `requested` seconds (capped)."""
+        return self.timeout if requested is None else min(self.timeout, requested)
+
+    def metadata(self, request_id: str | None = None) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata of a router call; `request_id` for one prompt of a fanned-out request."""
+        request_id = request_id or self.request_id
+        if self.api_key is None:
+            return (("x-request-id", request_id),)
+        return (("authorization", f"Bearer {self.api_key}"), ("x-request-id", request_id))

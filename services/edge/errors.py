@@ -1,0 +1,120 @@
+"""OpenAI error objects: every error the edge answers is {"error": {"message", "type", "param", "code"}}.
+
+`code` is a string (the google.rpc.ErrorInfo reason, lower-cased, e.g. "model_not_found") or null,
+never an integer. Statuses follow STYLE.md's table (google/rpc/code.proto's HTTP mapping). Missing
+or wrong API keys answer 401 with type "authentication_error" (STYLE.md's table, so that a key the
+edge refuses and a key the router refuses look alike) and code "invalid_api_key" (what OpenAI sends).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import grpc
+import orjson
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from services.common.errors import RemoteError
+from services.edge.protocol import InvalidParameter, error_param
+
+INTERNAL_MESSAGE = "The server had an error while processing your request."
+
+# gRPC code -> (HTTP status, OpenAI error type, message for errors whose own message is not for callers).
+_BY_CODE: dict[grpc.StatusCode, tuple[int, str, str]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error", "The request is invalid."),
+    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error", "The request is invalid."),
+    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error", "The request is invalid."),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error", "Invalid API key."),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error", "This API key may not do that."),
+    grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error", "Not found."),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error", "Too many requests; retry later."),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout_error", "The request timed out."),
+    grpc.StatusCode.UNAVAILABLE: (
+        503,
+        "server_error",
+        "The service is temporarily unavailable; retry later.",
+    ),
+}
+_INTERNAL = (500, "server_error", INTERNAL_MESSAGE)
+
+
+class ApiError(Exception):
+    """An error as the HTTP client sees it."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> Response:
+        return Response(orjson.dumps(self.body()), self.status, self.headers, media_type="application/json")
+
+
+def _retry_after(seconds: str | None) -> str:
+    """Retry-After in whole seconds (at least 1), from ErrorInfo metadata["retry_after"] when given."""
+    try:
+        return str(max(1, math.ceil(float(seconds or 1))))
+    except ValueError:
+        return "1"
+
+
+def from_remote(error: RemoteError) -> ApiError:
+    status, error_type, generic_message = _BY_CODE.get(error.code, _INTERNAL)
+    # Typed service errors carry an ErrorInfo reason and messages written for callers. Anything else
+    # (a transport failure, a crash) may hold addresses or internals, so the caller gets a generic line.
+    message = error.message if error.reason and status != 500 else generic_message
+    code = error.reason.lower() or ("timeout" if error.code == grpc.StatusCode.DEADLINE_EXCEEDED else None)
+    headers = (
+        {"Retry-After": _retry_after(error.metadata.get("retry_after"))} if status in (429, 503) else None
+    )
+    return ApiError(
+        status, message, type=error_type, param=error.metadata.get("param"), code=code, headers=headers
+    )
+
+
+def from_rpc_error(error: grpc.RpcError) -> ApiError:
+    return from_remote(RemoteError.from_rpc_error(error))
+
+
+def from_validation_error(error: ValidationError) -> ApiError:
+    """The first problem of a request body that did not validate, naming its parameter."""
+    errors = error.errors(include_url=False, include_context=False, include_input=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return ApiError(400, "We could not parse the JSON body of your request: it is not valid JSON.")
+    param = error_param(first["loc"])
+    if param is None:
+        message = "The request body must be a JSON object." if first["type"] == "model_type" else first["msg"]
+        return ApiError(400, message)
+    more = f" ({len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return ApiError(400, f"Invalid value for '{param}': {first['msg']}.{more}", param=param)
+
+
+def from_invalid_parameter(error: InvalidParameter) -> ApiError:
+    return ApiError(400, error.message, param=error.param)
+
+
+def invalid_api_key(message: str) -> ApiError:
+    return ApiError(401, message, type="authentication_error", code="invalid_api_key")
+
+
+def internal_error() -> ApiError:
+    return ApiError(500, INTERNAL_MESSAGE, type="server_error")

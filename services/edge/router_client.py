@@ -1,0 +1,61 @@
+"""The edge's one gRPC channel to the router, made in the app's lifespan and shared by all requests."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.grpc_server import CHANNEL_OPTIONS
+from services.edge.errors import from_rpc_error
+from switchyard.router.v1 import router_service_pb2 as router_pb2
+from switchyard.router.v1 import router_service_pb2_grpc as router_grpc
+
+Metadata = tuple[tuple[str, str], ...]
+
+ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+
+
+class RouterClient:
+    """RouterService calls with the edge's error mapping: failures surface as `ApiError`s."""
+
+    def __init__(self, address: str) -> None:
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = router_grpc.RouterServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def generate(
+        self, request: router_pb2.GenerateRequest, *, metadata: Metadata, grpc_timeout: float
+    ) -> grpc.aio.UnaryStreamCall:
+        """Starts a routed generation; its events and errors come from the call (see generation.py)."""
+        return self._stub.Generate(request, metadata=metadata, timeout=grpc_timeout)
+
+    async def list_models(self, *, metadata: Metadata, grpc_timeout: float) -> list[router_pb2.Model]:
+        try:
+            response = await self._stub.ListModels(
+                router_pb2.ListModelsRequest(), metadata=metadata, timeout=grpc_timeout
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return list(response.models)
+
+    async def get_model(self, model_id: str, *, metadata: Metadata, grpc_timeout: float) -> router_pb2.Model:
+        try:
+            response = await self._stub.GetModel(
+                router_pb2.GetModelRequest(id=model_id), metadata=metadata, timeout=grpc_timeout
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return response.model
+
+    async def is_serving(self, *, grpc_timeout: float) -> bool:
+        """Whether the router's grpc.health.v1 reports RouterService as SERVING."""
+        try:
+            response = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=ROUTER_SERVICE), timeout=grpc_timeout
+            )
+        except grpc.RpcError:
+            return False
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def close(self) -> None:
+        await self._channel.close()

@@ -1,0 +1,79 @@
+"""What the endpoint servings share: parsing a body into its wire model, JSON bodies, and ending
+an event stream the OpenAI way whatever happens."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+
+from services.edge.errors import (
+    ApiError,
+    from_invalid_parameter,
+    from_validation_error,
+    internal_error,
+)
+from services.edge.generation import Generation
+from services.edge.protocol import InvalidParameter, unknown_fields
+from services.edge.sse import DONE, error_event
+from services.edge.translate import sum_usage
+from switchyard.inference.v1 import inference_pb2 as inference
+
+logger = logging.getLogger(__name__)
+
+RequestModel = TypeVar("RequestModel", bound=BaseModel)
+
+
+def parse_request(body: bytes, model: type[RequestModel], request_id: str) -> RequestModel:
+    """The body as `model`, or a 400 ApiError naming the offending parameter."""
+    try:
+        request = model.model_validate_json(body)
+    except ValidationError as error:
+        raise from_validation_error(error) from None
+    except InvalidParameter as error:
+        raise from_invalid_parameter(error) from None
+    if request.model_extra:
+        logger.debug("request %s: ignoring unknown fields %s", request_id, unknown_fields(request))
+    return request
+
+
+def json_response(body: dict[str, Any]) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def incomplete(request_id: str) -> ApiError:
+    """The router's stream ended OK without finishing every choice or without usage: a broken
+    contract, so the caller gets a generic 500 and the log says which request."""
+    logger.error("request %s: the router's stream ended without finishing every choice", request_id)
+    return internal_error()
+
+
+def total_usage(generations: Sequence[Generation], request_id: str) -> inference.Usage:
+    """The usage of every generation of a request, summed; raises if one never finished."""
+    if any(generation.usage is None for generation in generations):
+        raise incomplete(request_id)
+    return sum_usage(generation.usage for generation in generations)  # type: ignore[misc]
+
+
+async def event_stream(
+    chunks: AsyncGenerator[bytes, None], generations: Sequence[Generation], request_id: str
+) -> AsyncGenerator[bytes, None]:
+    """Passes `chunks` on and ends the stream: an error after the headers went out becomes one
+    `data: {"error": ...}` event, then `data: [DONE]`; whatever ends it cancels the router calls.
+    Cancellation (client gone) is not caught: nothing more is sent to nobody."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except ApiError as error:
+        yield error_event(error)
+    except Exception:
+        logger.exception("request %s: stream failed", request_id)
+        yield error_event(internal_error())
+    finally:
+        for generation in generations:
+            generation.cancel()
+    yield DONE

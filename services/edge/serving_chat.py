@@ -1,0 +1,147 @@
+"""POST /v1/chat/completions: one routed generation, answered as an OpenAI chat completion.
+
+Streaming with `request_breakdown: true` sends the breakdown in a last chunk (before the usage
+chunk), in `choices[0].request_breakdown` as seed 003 shows it, with two deliberate differences:
+the chunk keeps the stream's own id (seed 003 uses the id "request_breakdown", which breaks the
+OpenAI SDK's rule that every chunk of a stream shares one id), and it has an empty delta and a null
+finish_reason, so that every choice still has exactly one finish_reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from starlette.responses import Response
+
+from services.edge import translate
+from services.edge.context import RequestContext
+from services.edge.generation import Generation
+from services.edge.protocol import ChatCompletionRequest
+from services.edge.router_client import RouterClient
+from services.edge.serving import event_stream, incomplete, json_response, parse_request, total_usage
+from services.edge.sse import ChunkEncoder, EventStreamResponse
+
+_FINISH_REASONS = translate.FINISH_REASONS
+
+
+class ChatServing:
+    def __init__(self, router: RouterClient) -> None:
+        self._router = router
+
+    async def create(self, body: bytes, ctx: RequestContext) -> Response:
+        request = parse_request(body, ChatCompletionRequest, ctx.request_id)
+        generation = await Generation.open(
+            self._router,
+            translate.chat_generate_request(request, ctx.request_id),
+            metadata=ctx.metadata(),
+            grpc_timeout=ctx.timeout_for(request.timeout),
+        )
+        response_id, created = f"chatcmpl-{ctx.request_id}", int(time.time())
+        if request.stream:
+            encoder = ChunkEncoder(
+                id=response_id,
+                object="chat.completion.chunk",
+                created=created,
+                model=generation.model,
+                include_usage=request.include_usage,
+            )
+            chunks = self._chunks(request, generation, encoder, ctx)
+            return EventStreamResponse(event_stream(chunks, [generation], ctx.request_id))
+
+        choices = [
+            translate.ChatChoiceBuilder(index, logprobs=request.logprobs) for index in range(request.n)
+        ]
+        try:
+            async for delta in generation.deltas():
+                choices[delta.index].add(delta)
+        finally:
+            generation.cancel()
+        if any(choice.finish_reason is None for choice in choices):
+            raise incomplete(ctx.request_id)
+        usage = total_usage([generation], ctx.request_id)
+        ctx.access.record_usage(usage)
+        built = [choice.build() for choice in choices]
+        response = {
+            "id": response_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": generation.model,
+            "choices": built,
+            "usage": translate.usage_dict(usage),
+        }
+        breakdown = _breakdown(request, generation, built[0]["message"])
+        if breakdown is not None:
+            response["request_breakdown"] = breakdown
+        return json_response(response)
+
+    @staticmethod
+    async def _chunks(
+        request: ChatCompletionRequest, generation: Generation, encoder: ChunkEncoder, ctx: RequestContext
+    ) -> AsyncGenerator[bytes, None]:
+        # Every choice opens with the assistant role, as OpenAI streams it.
+        for index in range(request.n):
+            yield encoder.choice(
+                {
+                    "index": index,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            )
+        with_logprobs = request.logprobs
+        first_choice_text: list[str] | None = (
+            [] if request.request_breakdown and not request.disable_log else None
+        )
+        async for delta in generation.deltas():
+            content: dict[str, Any] = {}
+            if delta.text:
+                content["content"] = delta.text
+                if first_choice_text is not None and delta.index == 0:
+                    first_choice_text.append(delta.text)
+            if delta.reasoning:
+                content["reasoning"] = delta.reasoning
+            if delta.tool_calls:
+                content["tool_calls"] = translate.tool_call_chunks(delta.tool_calls)
+            if not content and not delta.finish_reason and not delta.logprobs:
+                continue
+            logprobs = None
+            if with_logprobs:
+                logprobs = {"content": translate.chat_logprobs_content(delta.logprobs), "refusal": None}
+            yield encoder.choice(
+                {
+                    "index": delta.index,
+                    "delta": content,
+                    "logprobs": logprobs,
+                    "finish_reason": _FINISH_REASONS.get(delta.finish_reason),
+                }
+            )
+        usage = total_usage([generation], ctx.request_id)
+        ctx.access.record_usage(usage)
+        completion_message = {"role": "assistant", "content": "".join(first_choice_text or ())}
+        breakdown = _breakdown(request, generation, completion_message)
+        if breakdown is not None:
+            yield encoder.choice(
+                {
+                    "index": 0,
+                    "delta": {},
+                    "logprobs": None,
+                    "finish_reason": None,
+                    "request_breakdown": breakdown,
+                }
+            )
+        if request.include_usage:
+            yield encoder.usage(translate.usage_dict(usage))
+
+
+def _breakdown(
+    request: ChatCompletionRequest, generation: Generation, completion_message: dict[str, Any]
+) -> dict[str, Any] | None:
+    if not request.request_breakdown or generation.breakdown is None:
+        return None
+    return translate.breakdown_dict(
+        generation.breakdown,
+        metadata=request.metadata,
+        logged=translate.chat_logged_messages(request, completion_message),
+    )
