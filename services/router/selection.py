@@ -1,0 +1,194 @@
+"""Model choice: which registry models may serve a request, how they rank, and the order in which
+generation tries them. Pure: the registry, the request's features and score in; a `Selection` out.
+
+The rule (the thresholds are `SelectionSettings`):
+- An explicit `model` (anything but "" and "auto"), or a `models` list of exactly one, wins: it is the
+  only candidate, whatever `exclude_*` say, as the seeds document. It must still be able to serve the
+  request (tools, JSON schema, vision, logprobs); its context length is left to the engine, which
+  counts tokens exactly.
+- Otherwise the candidates are the registry (or the models in `models`) minus `exclude_models`, minus
+  models of `exclude_providers`, minus models that cannot serve the request: context window shorter
+  than the estimated prompt plus max_tokens, or tools / JSON schema / vision / logprobs they lack.
+- The preference gives the quality the request needs: `rule.base + rule.per_difficulty x difficulty`.
+  Among candidates meeting it the cheapest (estimated prompt + output credits) ranks first; if none
+  meets it, the best quality ranks first. Scores make that order explicit: a candidate meeting the
+  need scores 0.5 + 0.5 x (1 - cost / highest candidate cost), one below it 0.5 x quality / need
+  (< 0.5); an ineligible one 0 and its reason.
+- Generation tries the first-ranked model, then `fallback_models` in order (which `exclude_*` do not
+  affect; ones that cannot serve the request are skipped), then the other candidates by rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.errors import NoEligibleModelError
+from services.router.features import RequestFeatures
+from services.router.registry import ModelEntry, Registry, ResolvedModel
+from services.router.scoring import Score
+from services.router.settings import QualityRule, SelectionSettings
+from switchyard.router.v1 import router_service_pb2 as router_pb2
+
+AUTO_MODEL = "auto"
+
+_PREFERENCE_NAMES = {
+    router_pb2.ROUTER_PREFERENCE_UNSPECIFIED: "balanced",
+    router_pb2.ROUTER_PREFERENCE_BALANCED: "balanced",
+    router_pb2.ROUTER_PREFERENCE_POWERFUL: "powerful",
+    router_pb2.ROUTER_PREFERENCE_EFFICIENT: "efficient",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    entry: ModelEntry
+    score: float
+    estimated_cost: float
+    eligible: bool
+    excluded_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    # Every model considered, best first; the ineligible ones last with their reasons.
+    candidates: tuple[Candidate, ...]
+    # The models generation tries, in order (the base model or a LoRA adapter for each).
+    plan: tuple[ResolvedModel, ...]
+    preference: str
+    quality_needed: float
+    explicit: bool
+
+
+def preference_name(preference: int) -> str:
+    return _PREFERENCE_NAMES.get(preference, "balanced")
+
+
+def incapability(entry: ModelEntry, features: RequestFeatures) -> str:
+    """Why `entry` cannot serve the request whatever its context length, or "" if it can."""
+    capabilities = entry.capabilities
+    if features.wants_tools and not capabilities.tools:
+        return "does not support tools"
+    if features.wants_json_schema and not capabilities.json_schema:
+        return "does not support json_schema response formats"
+    if features.has_images and not capabilities.vision:
+        return "does not accept image input"
+    if features.top_logprobs is not None and features.top_logprobs > capabilities.max_logprobs:
+        return f"returns at most {capabilities.max_logprobs} top logprobs, {features.top_logprobs} asked for"
+    return ""
+
+
+def exclusion(entry: ModelEntry, features: RequestFeatures) -> str:
+    """Why the router may not choose `entry` for the request, or "" if it may."""
+    reason = incapability(entry, features)
+    if reason:
+        return reason
+    needed = features.prompt_tokens + (features.max_tokens or 1)
+    if needed > entry.context_window:
+        return f"context window {entry.context_window} < about {needed} tokens (prompt + max_tokens)"
+    return ""
+
+
+def estimated_cost(entry: ModelEntry, features: RequestFeatures, settings: SelectionSettings) -> float:
+    output = features.output_tokens_requested or settings.default_output_tokens * features.n
+    return entry.price(features.prompt_tokens, output)
+
+
+def _rule(settings: SelectionSettings, preference: str) -> QualityRule:
+    return getattr(settings, preference)
+
+
+def select_models(
+    registry: Registry,
+    features: RequestFeatures,
+    score: Score,
+    *,
+    model: str,
+    routing: router_pb2.RoutingOptions,
+    settings: SelectionSettings,
+) -> Selection:
+    """Candidates, ranking and plan for one request (see the module docstring). Raises
+    ModelNotFoundError for a name the registry lacks, NoEligibleModelError when nothing can serve."""
+    preference = preference_name(routing.preference)
+    need = _rule(settings, preference).needed(score.difficulty)
+    fallbacks = [registry.resolve(name) for name in routing.fallback_models]
+
+    explicit_name = model if model and model != AUTO_MODEL else ""
+    if not explicit_name and len(routing.models) == 1:
+        explicit_name = routing.models[0]
+    if explicit_name:
+        resolved = registry.resolve(explicit_name)
+        reason = incapability(resolved.entry, features)
+        if reason:
+            raise NoEligibleModelError(
+                f"The model '{explicit_name}' cannot serve this request: it {reason}.",
+                metadata={"param": "model", "excluded": f"{resolved.entry.id}: {reason}"},
+            )
+        chosen = Candidate(resolved.entry, 1.0, estimated_cost(resolved.entry, features, settings), True)
+        plan = _plan([resolved], fallbacks, features)
+        return Selection((chosen,), plan, preference, need, explicit=True)
+
+    if routing.models:
+        pool = list(
+            {resolved.entry.id: resolved for resolved in map(registry.resolve, routing.models)}.values()
+        )
+    else:
+        pool = [ResolvedModel(entry, entry.served_name) for entry in registry.models]
+    excluded_models = {found.id for found in map(registry.find, routing.exclude_models) if found is not None}
+    excluded_providers = set(routing.exclude_providers)
+
+    eligible: list[tuple[ResolvedModel, float]] = []
+    ineligible: list[Candidate] = []
+    for resolved in pool:
+        entry = resolved.entry
+        if entry.id in excluded_models:
+            reason = "excluded by exclude_models"
+        elif entry.provider in excluded_providers:
+            reason = f"provider '{entry.provider}' excluded by exclude_providers"
+        else:
+            reason = exclusion(entry, features)
+        cost = estimated_cost(entry, features, settings)
+        if reason:
+            ineligible.append(Candidate(entry, 0.0, cost, False, reason))
+        else:
+            eligible.append((resolved, cost))
+
+    if not eligible:
+        details = "; ".join(f"{candidate.entry.id}: {candidate.excluded_reason}" for candidate in ineligible)
+        raise NoEligibleModelError(
+            f"No model can serve this request ({details or 'no models were offered'}).",
+            metadata={"excluded": details},
+        )
+
+    highest_cost = max(cost for _, cost in eligible)
+    ranked: list[tuple[float, ResolvedModel, Candidate]] = []
+    for resolved, cost in eligible:
+        entry = resolved.entry
+        if entry.quality >= need:
+            value = 0.5 + 0.5 * (1.0 - cost / highest_cost) if highest_cost > 0 else 1.0
+        else:
+            value = 0.5 * entry.quality / need * 0.999  # strictly below every model that meets the need
+        candidate = Candidate(entry, round(value, 6), cost, True)
+        ranked.append((value, resolved, candidate))
+    ranked.sort(key=lambda item: (-item[0], -item[1].entry.quality, item[1].entry.id))
+
+    plan = _plan([resolved for _, resolved, _ in ranked], fallbacks, features)
+    candidates = tuple(candidate for _, _, candidate in ranked) + tuple(ineligible)
+    return Selection(candidates, plan, preference, need, explicit=False)
+
+
+def _plan(
+    ranked: list[ResolvedModel],
+    fallbacks: list[ResolvedModel],
+    features: RequestFeatures,
+) -> tuple[ResolvedModel, ...]:
+    """First choice, then fallbacks in order (skipping ones that cannot serve), then the rest of the
+    ranked candidates; each model (or adapter) once."""
+    capable_fallbacks = [fallback for fallback in fallbacks if not incapability(fallback.entry, features)]
+    seen: set[tuple[str, str]] = set()
+    plan = []
+    for resolved in (*ranked[:1], *capable_fallbacks, *ranked[1:]):
+        key = (resolved.entry.id, resolved.engine_model)
+        if key not in seen:
+            seen.add(key)
+            plan.append(resolved)
+    return tuple(plan)

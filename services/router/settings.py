@@ -1,0 +1,104 @@
+"""The router's configuration: env prefix SWITCHYARD_ROUTER_, nested delimiter `__`
+(e.g. SWITCHYARD_ROUTER_REPLICAS__POLICY=least_loaded, SWITCHYARD_ROUTER_SELECTION__BALANCED__BASE=0.4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The embedded registry `switchyard up` serves: one model on one local engine, both injectable by env.
+DEFAULT_REGISTRY_PATH = Path(__file__).resolve().parents[2] / "deploy" / "local" / "models.yaml"
+
+
+class QualityRule(BaseModel):
+    """The quality a request needs: base + per_difficulty x difficulty, clamped to [0, 1]."""
+
+    base: float = Field(ge=0.0, le=1.0)
+    per_difficulty: float = Field(ge=0.0, le=1.0)
+
+    def needed(self, difficulty: float) -> float:
+        return min(1.0, self.base + self.per_difficulty * difficulty)
+
+
+class SelectionSettings(BaseModel):
+    """How `router_preference` trades quality against cost (see services/router/selection.py).
+
+    Every preference picks the cheapest eligible model whose quality meets the need its rule gives for
+    the request's difficulty (the best-quality model when none does). The rules differ only in how
+    much quality they ask for: `powerful` asks for a lot even on easy requests, `efficient` little.
+    """
+
+    balanced: QualityRule = QualityRule(base=0.3, per_difficulty=0.6)
+    powerful: QualityRule = QualityRule(base=0.7, per_difficulty=0.3)
+    efficient: QualityRule = QualityRule(base=0.0, per_difficulty=0.6)
+    # The cheap token estimate used for context checks and cost estimates (no tokenizer in the router).
+    chars_per_token: float = Field(default=4.0, gt=0)
+    # Output tokens assumed for cost estimates when a request sets no max_tokens.
+    default_output_tokens: int = Field(default=256, ge=1)
+
+
+class RetrySettings(BaseModel):
+    """Fallbacks and retries; every wait is also bounded by the request's deadline."""
+
+    # Engine calls per request, counting the first one and mid-stream resumptions.
+    max_attempts: int = Field(default=4, ge=1)
+    # Exponential backoff between attempts (with jitter): initial, multiplier, cap; seconds.
+    backoff_initial: float = Field(default=0.02, ge=0)
+    backoff_multiplier: float = Field(default=2.0, ge=1)
+    backoff_max: float = Field(default=0.5, ge=0)
+    # Continue a stream on another replica when its engine fails after tokens were sent.
+    resume_mid_stream: bool = True
+
+
+class ReplicaSettings(BaseModel):
+    """Replica choice among the engines that serve the chosen model."""
+
+    # prefix_affinity: the replica that last served the request's leading prompt blocks (or the
+    # caller's session), unless it is busier than the least-loaded one by more than affinity_load_slack;
+    # least_loaded; round_robin.
+    policy: Literal["prefix_affinity", "least_loaded", "round_robin"] = "prefix_affinity"
+    # Seconds between GetLoad polls of every engine.
+    load_poll_interval: float = Field(default=1.0, gt=0)
+    # Seconds between attempts to re-open a failed health watch (an engine that is down).
+    health_retry_interval: float = Field(default=1.0, gt=0)
+    # Consecutive failed calls before a replica is cooled down, and the cool-down (doubling while it
+    # keeps failing, up to the maximum). After it the next request probes the replica.
+    failures_before_cooldown: int = Field(default=2, ge=1)
+    cooldown_seconds: float = Field(default=5.0, ge=0)
+    max_cooldown_seconds: float = Field(default=60.0, ge=0)
+    # Prefix affinity: the prompt is hashed in blocks of this many characters (token ids for token
+    # prompts), up to max blocks from the start; a bounded table remembers which replica served each.
+    prefix_block_chars: int = Field(default=256, ge=16)
+    prefix_max_blocks: int = Field(default=64, ge=1)
+    affinity_table_size: int = Field(default=200_000, ge=1)
+    session_table_size: int = Field(default=100_000, ge=1)
+    # How many more outstanding requests the preferred replica may have than the least-loaded one.
+    affinity_load_slack: float = Field(default=4.0, ge=0)
+    # Seconds calls in flight on a replica removed from the registry may still run.
+    retired_channel_grace: float = Field(default=30.0, ge=0)
+
+
+class RouterSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHYARD_ROUTER_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    registry_path: Path = DEFAULT_REGISTRY_PATH
+    # The registry file is re-read when its mtime, size or inode changes, checked this often (seconds;
+    # 0 disables). Polling works for an edited file and for a Kubernetes ConfigMap swap alike.
+    registry_poll_interval: float = Field(default=2.0, ge=0)
+    # Name the real model in responses to everyone; otherwise only to the keys listed below.
+    reveal_model_names: bool = False
+    # sha256 hex digests of API keys allowed to see real model names (JSON list in the environment).
+    reveal_key_hashes: set[str] = Field(default_factory=set)
+    selection: SelectionSettings = SelectionSettings()
+    retry: RetrySettings = RetrySettings()
+    replicas: ReplicaSettings = ReplicaSettings()
+    drain_grace_seconds: float = Field(default=10.0, ge=0)
+    log_level: str = "INFO"
+    log_json: bool = False
