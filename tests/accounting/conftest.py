@@ -67,6 +67,23 @@ async def accounting(settings, clock) -> AsyncIterator[Accounting]:
     await accounting.close()
 
 
+@pytest.fixture
+async def make_accounting(settings, clock):
+    """Starts an Accounting with settings overridden (make_accounting(log_queue_size=2)); closes
+    it at the end of the test."""
+    made: list[Accounting] = []
+
+    async def make(**overrides) -> Accounting:
+        accounting = Accounting(settings.model_copy(update=overrides), clock=clock)
+        await accounting.start()
+        made.append(accounting)
+        return accounting
+
+    yield make
+    for accounting in made:
+        await accounting.close()
+
+
 async def new_key(accounting: Accounting, credits: float = 10.0, **policy) -> tuple[str, str]:
     """Creates a key; returns (key_id, secret)."""
     record, secret = await accounting.keys.create(

@@ -215,20 +215,13 @@ async def test_free_requests_touch_no_ledger(accounting):
     assert figures["reservations"] == figures["settlements"] == 0
 
 
-async def test_cache_hits_cost_the_configured_fraction(settings, clock):
-    from services.router.accounting import Accounting
-
-    settings = settings.model_copy(update={"cached_response_price_factor": 0.25})
-    accounting = Accounting(settings, clock=clock)
-    await accounting.start()
-    try:
-        key_id, secret = await new_key(accounting, credits=1.0)
-        admission = await admit(accounting, secret, cached=True)
-        settlement = await accounting.settle(admission, usage(100, 100))
-        assert settlement.cost_nanocredits == (100 * IN + 100 * OUT) // 4
-        assert_exact_ledger(await ledger_figures(accounting.database, key_id))
-    finally:
-        await accounting.close()
+async def test_cache_hits_cost_the_configured_fraction(make_accounting):
+    accounting = await make_accounting(cached_response_price_factor=0.25)
+    key_id, secret = await new_key(accounting, credits=1.0)
+    admission = await admit(accounting, secret, cached=True)
+    settlement = await accounting.settle(admission, usage(100, 100))
+    assert settlement.cost_nanocredits == (100 * IN + 100 * OUT) // 4
+    assert_exact_ledger(await ledger_figures(accounting.database, key_id))
 
 
 async def test_a_swept_hold_is_not_released_twice_when_its_request_finishes(accounting):
