@@ -46,7 +46,15 @@ class Service:
     name: str
     module: str
     env: dict[str, str]
+    # How `up` knows the service is ready: a gRPC address whose health says SERVING, or an HTTP base.
+    grpc_address: str | None = None
+    http_base: str | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
+
+    def ready(self) -> bool:
+        if self.grpc_address:
+            return grpc_serving(self.grpc_address)
+        return http_healthy(self.http_base or "")
 
     def start(self, log_dir: Path | None) -> None:
         stdout = None
@@ -145,13 +153,13 @@ def build_services(args: argparse.Namespace, api_key: str) -> list[Service]:
     for name in ("ENGINE", "ROUTER", "EDGE"):
         common[f"SWITCHYARD_{name}_LOG_LEVEL"] = args.log_level
     return [
-        Service("engine", "services.engine", common | engine),
-        Service("router", "services.router", common | router),
-        Service("edge", "services.edge", common | edge),
+        Service("engine", "services.engine", common | engine, grpc_address=engine_address),
+        Service("router", "services.router", common | router, grpc_address=router_address),
+        Service("edge", "services.edge", common | edge, http_base=f"http://{args.host}:{args.http_port}"),
     ]
 
 
-def edge_healthy(base: str) -> bool:
+def http_healthy(base: str) -> bool:
     try:
         with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
             return response.status == 200
@@ -159,17 +167,32 @@ def edge_healthy(base: str) -> bool:
         return False
 
 
-def wait_until_healthy(services: list[Service], base: str, timeout: float, stopping: list[bool]) -> bool:
+def grpc_serving(address: str) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.RpcError:
+            return False
+    return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def start_in_order(services: list[Service], log_dir: Path | None, timeout: float, stopping: list[bool]) -> bool:
+    """Starts each service once the one it calls is ready (engine, router, edge), so the router's
+    first health watch already finds a serving engine and the edge a serving router."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not stopping:
-        for service in services:
+    for service in services:
+        service.start(log_dir)
+        while not service.ready():
+            if stopping or time.monotonic() > deadline:
+                return False
             if service.exited() is not None:
                 print(f"{service.name} exited with code {service.exited()}", file=sys.stderr)
                 return False
-        if edge_healthy(base):
-            return True
-        time.sleep(0.5)
-    return False
+            time.sleep(0.25)
+    return True
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -188,9 +211,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     base = f"http://{args.host}:{args.http_port}"
     code = 0
     try:
-        for service in services:
-            service.start(log_dir)
-        if not wait_until_healthy(services, base, args.startup_timeout, stopping):
+        if not start_in_order(services, log_dir, args.startup_timeout, stopping):
             if not stopping:
                 print(f"Switchyard did not become healthy within {args.startup_timeout:.0f}s", file=sys.stderr)
                 code = 1
