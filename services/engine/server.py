@@ -22,8 +22,9 @@ SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name
 
 class EngineServer:
     """`start()`: the backend first, then the gRPC server, so health says SERVING only once the model
-    is ready. `stop()`: health NOT_SERVING and new generations refused -> in-flight calls get `grace`
-    seconds -> the backend closes. A backend that turns unhealthy makes health NOT_SERVING for good."""
+    is ready. `stop()`: health NOT_SERVING and new generations refused -> running generations get up
+    to `grace` seconds -> the server stops -> the backend closes. A backend that turns unhealthy makes
+    health NOT_SERVING for good."""
 
     def __init__(self, settings: EngineSettings, backend: GenerationBackend | None = None) -> None:
         self.settings = settings
@@ -55,12 +56,16 @@ class EngineServer:
         if self._grpc is None:
             return
         grace = self.settings.drain_grace_seconds if grace is None else grace
-        self._servicer.accepting = False
         if self._health_watch is not None:
             self._health_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_watch
-        await self._grpc.stop(grace)  # health NOT_SERVING, then drain for up to `grace` seconds
+        await self._grpc.set_serving(False)
+        # The drain waits for generations only. `server.stop(grace)` alone would also wait out the
+        # health Watch streams that routers keep open, which never end by themselves: every shutdown
+        # would take the whole grace period.
+        await self._servicer.drain(grace)
+        await self._grpc.stop(0)
         self._grpc = None
         await self.backend.close()
 

@@ -4,6 +4,7 @@ the backend's typed errors to statuses, and gRPC itself ends a call whose deadli
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -30,6 +31,16 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         # False while draining or once the backend died: new generations are refused (UNAVAILABLE) so
         # that callers go to another replica instead of queueing here.
         self.accepting = True
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drain(self, grace: float) -> None:
+        """Refuses new generations and waits up to `grace` seconds for the running ones to end."""
+        self.accepting = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
 
     async def Generate(
         self, request: engine_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -44,6 +55,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             logger.debug(
                 "generate %s input: %s", request.request_id, text_format.MessageToString(request.input)
             )
+        self._in_flight += 1
+        self._idle.clear()
         started, outcome = time.perf_counter(), "cancelled"
         finish_reasons: list[int] = []
         streamed_tokens = 0
@@ -63,6 +76,9 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             outcome = type(error).__name__
             raise
         finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
             logger.info(
                 "generate %s %s prompt_tokens=%d completion_tokens=%d cached_tokens=%d finish=%s %.1fms",
                 request.request_id,

@@ -36,7 +36,13 @@ def forced_output(chat: inference_pb2.Chat) -> ForcedOutput | None:
     tool = _tool_to_call(chat)
     if tool is not None:
         schema = _parse_json(tool.parameters_json, "tools") if tool.HasField("parameters_json") else {}
-        return ForcedOutput(json.dumps(minimal_instance(schema)), tool_name=tool.name)
+        if not isinstance(schema, dict):
+            raise InvalidRequestError(
+                f"The parameters of tool '{tool.name}' are not a JSON Schema.", param="tools"
+            )
+        # Arguments are always an object, also when the schema leaves the type out.
+        arguments = minimal_instance({"type": "object", **schema})
+        return ForcedOutput(json.dumps(arguments), tool_name=tool.name)
     response_format = chat.response_format
     if response_format.type == _ResponseFormat.TYPE_JSON_OBJECT:
         return ForcedOutput("{}")
