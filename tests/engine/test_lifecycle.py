@@ -62,7 +62,8 @@ async def test_reflection_lists_and_describes_the_engine_service(engine: EngineC
         async def one() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
             yield reflection_pb2.ServerReflectionRequest(**kw)
 
-        return [response async for response in stub.ServerReflectionInfo(one())][0]
+        (response,) = [response async for response in stub.ServerReflectionInfo(one())]
+        return response
 
     listed = await ask(list_services="")
     names = {service.name for service in listed.list_services_response.service}

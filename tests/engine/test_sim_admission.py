@@ -30,7 +30,7 @@ async def test_requests_that_fit_run_and_the_rest_wait_in_order():
     releases = [asyncio.Event() for _ in range(3)]
     tasks = [
         asyncio.create_task(hold(queue, size, admitted, release))
-        for size, release in zip((3, 2, 1), releases)
+        for size, release in zip((3, 2, 1), releases, strict=True)
     ]
     await until(lambda: queue.waiting_requests == 2)
     assert (queue.running_requests, queue.running_sequences, admitted) == (1, 3, [3])
