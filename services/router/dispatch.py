@@ -146,7 +146,7 @@ class Dispatcher:
         serve the request."""
         transcript = Transcript()
         position = 0  # in job.plan
-        tried: set[str] = set()  # replicas of the current model
+        failed: set[str] = set()  # replicas that failed this request: not asked again
         last_error: RemoteError | None = None
         whole: engine_pb2.GenerateFinished | None = None  # the finish of an uninterrupted request
         resumed_prompt_tokens: int | None = None
@@ -158,13 +158,12 @@ class Dispatcher:
         while pending:
             target = pending[0]
             model = job.plan[position]
-            replica = self._chooser.choose(model, job.features, customer=job.customer, exclude=tried)
+            replica = self._chooser.choose(model, job.features, customer=job.customer, exclude=failed)
             if replica is None:
                 outcome.fallbacks_used.append(model.entry.id)
                 position += 1
                 if position == len(job.plan):
                     raise self._exhausted(outcome, last_error)
-                tried = set()
                 continue
             generation, carried = job.generation, 0
             if target is not None:
@@ -175,7 +174,6 @@ class Dispatcher:
                     pending.pop(0)
                     continue
             await self._wait_for_attempt(job, outcome)
-            tried.add(replica.address)
             outcome.attempts += 1
             request_id = job.request_id if outcome.attempts == 1 else f"{job.request_id}.{outcome.attempts}"
             request = engine_pb2.GenerateRequest(
@@ -219,7 +217,7 @@ class Dispatcher:
                 if failure.reason == _CONTEXT_LENGTH_EXCEEDED and not sent:
                     if position + 1 == len(job.plan):
                         raise failure from None
-                    tried = set(model.entry.replicas)  # the same prompt fits no replica of this model
+                    failed.update(model.entry.replicas)  # the same prompt fits no replica of this model
                     continue
                 if failure.code not in _RETRYABLE:
                     if failure.code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -227,6 +225,7 @@ class Dispatcher:
                             "The request's deadline passed while it was generated."
                         ) from None
                     raise failure from None
+                failed.add(replica.address)
                 replica.record_failure(time.monotonic())
                 logger.warning(
                     "request %s: attempt %d on %s (%s) failed%s: %s",

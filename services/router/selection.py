@@ -9,7 +9,7 @@ The rule (the thresholds are `SelectionSettings`):
 - Otherwise the candidates are the registry (or the models in `models`) minus `exclude_models`, minus
   models of `exclude_providers`, minus models that cannot serve the request: context window shorter
   than the estimated prompt plus max_tokens, or tools / JSON schema / vision / logprobs they lack.
-- The preference gives the quality the request needs: `rule.base + rule.per_difficulty x difficulty`.
+- The preference gives the quality the request needs: `base + per_difficulty x difficulty`.
   Among candidates meeting it the cheapest (estimated prompt + output credits) ranks first; if none
   meets it, the best quality ranks first. Scores make that order explicit: a candidate meeting the
   need scores 0.5 + 0.5 x (1 - cost / highest candidate cost), one below it 0.5 x quality / need
@@ -26,7 +26,7 @@ from services.common.errors import NoEligibleModelError
 from services.router.features import RequestFeatures
 from services.router.registry import ModelEntry, Registry, ResolvedModel
 from services.router.scoring import Score
-from services.router.settings import QualityRule, SelectionSettings
+from services.router.settings import SelectionSettings
 from switchyard.router.v1 import router_service_pb2 as router_pb2
 
 AUTO_MODEL = "auto"
@@ -93,10 +93,6 @@ def estimated_cost(entry: ModelEntry, features: RequestFeatures, settings: Selec
     return entry.price(features.prompt_tokens, output)
 
 
-def _rule(settings: SelectionSettings, preference: str) -> QualityRule:
-    return getattr(settings, preference)
-
-
 def select_models(
     registry: Registry,
     features: RequestFeatures,
@@ -109,7 +105,7 @@ def select_models(
     """Candidates, ranking and plan for one request (see the module docstring). Raises
     ModelNotFoundError for a name the registry lacks, NoEligibleModelError when nothing can serve."""
     preference = preference_name(routing.preference)
-    need = _rule(settings, preference).needed(score.difficulty)
+    need = settings.quality_needed(preference, score.difficulty)
     fallbacks = [registry.resolve(name) for name in routing.fallback_models]
 
     explicit_name = model if model and model != AUTO_MODEL else ""

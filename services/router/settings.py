@@ -1,5 +1,5 @@
 """The router's configuration: env prefix SWITCHYARD_ROUTER_, nested delimiter `__`
-(e.g. SWITCHYARD_ROUTER_REPLICAS__POLICY=least_loaded, SWITCHYARD_ROUTER_SELECTION__BALANCED__BASE=0.4)."""
+(e.g. SWITCHYARD_ROUTER_REPLICAS__POLICY=least_loaded, SWITCHYARD_ROUTER_SELECTION__BALANCED_BASE=0.4)."""
 
 from __future__ import annotations
 
@@ -13,31 +13,31 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_REGISTRY_PATH = Path(__file__).resolve().parents[2] / "deploy" / "local" / "models.yaml"
 
 
-class QualityRule(BaseModel):
-    """The quality a request needs: base + per_difficulty x difficulty, clamped to [0, 1]."""
-
-    base: float = Field(ge=0.0, le=1.0)
-    per_difficulty: float = Field(ge=0.0, le=1.0)
-
-    def needed(self, difficulty: float) -> float:
-        return min(1.0, self.base + self.per_difficulty * difficulty)
-
-
 class SelectionSettings(BaseModel):
     """How `router_preference` trades quality against cost (see services/router/selection.py).
 
-    Every preference picks the cheapest eligible model whose quality meets the need its rule gives for
-    the request's difficulty (the best-quality model when none does). The rules differ only in how
-    much quality they ask for: `powerful` asks for a lot even on easy requests, `efficient` little.
+    A request needs quality `<preference>_base + <preference>_per_difficulty x difficulty` (clamped to
+    1); every preference then picks the cheapest eligible model meeting that need (the best-quality
+    model when none does). The preferences differ only in how much quality they ask for: `powerful`
+    a lot even for easy requests, `efficient` little.
     """
 
-    balanced: QualityRule = QualityRule(base=0.3, per_difficulty=0.6)
-    powerful: QualityRule = QualityRule(base=0.7, per_difficulty=0.3)
-    efficient: QualityRule = QualityRule(base=0.0, per_difficulty=0.6)
+    balanced_base: float = Field(default=0.3, ge=0.0, le=1.0)
+    balanced_per_difficulty: float = Field(default=0.6, ge=0.0, le=1.0)
+    powerful_base: float = Field(default=0.7, ge=0.0, le=1.0)
+    powerful_per_difficulty: float = Field(default=0.3, ge=0.0, le=1.0)
+    efficient_base: float = Field(default=0.0, ge=0.0, le=1.0)
+    efficient_per_difficulty: float = Field(default=0.6, ge=0.0, le=1.0)
     # The cheap token estimate used for context checks and cost estimates (no tokenizer in the router).
     chars_per_token: float = Field(default=4.0, gt=0)
     # Output tokens assumed for cost estimates when a request sets no max_tokens.
     default_output_tokens: int = Field(default=256, ge=1)
+
+    def quality_needed(
+        self, preference: Literal["balanced", "powerful", "efficient"], difficulty: float
+    ) -> float:
+        base = getattr(self, f"{preference}_base")
+        return min(1.0, base + getattr(self, f"{preference}_per_difficulty") * difficulty)
 
 
 class RetrySettings(BaseModel):

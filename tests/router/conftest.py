@@ -89,10 +89,7 @@ class Engine:
     model: str
     backend: InstrumentedSim
     server: EngineServer
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.port}"
+    address: str
 
     async def load(self) -> engine_pb2.GetLoadResponse:
         async with grpc.aio.insecure_channel(self.address) as channel:
@@ -169,7 +166,7 @@ async def start_engine(model: str, sim: dict, port: int = 0) -> Engine:
     backend = InstrumentedSim(settings.sim, model)
     server = EngineServer(settings, backend=backend)
     await server.start()
-    return Engine(model, backend, server)
+    return Engine(model, backend, server, f"127.0.0.1:{server.port}")
 
 
 # Fast reactions for tests: health re-checked and loads polled often, tiny backoffs.
@@ -217,10 +214,10 @@ async def make_cluster(tmp_path) -> AsyncIterator[Callable[..., Cluster]]:
             await engine.server.stop(0)
 
 
-async def eventually(condition: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> None:
-    """Polls `condition` (sync or async) until it is truthy; fails after `timeout` seconds."""
+async def eventually(condition: Callable[[], object], within: float = 5.0, interval: float = 0.02) -> None:
+    """Polls `condition` (sync or async) until it is truthy; fails after `within` seconds."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while True:
         result = condition()
         if asyncio.iscoroutine(result):
@@ -228,5 +225,5 @@ async def eventually(condition: Callable[[], object], timeout: float = 5.0, inte
         if result:
             return
         if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)

@@ -103,7 +103,7 @@ async def test_client_errors_from_the_engine_pass_through_unretried(make_cluster
     error = RemoteError.from_rpc_error(caught.value)
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "CONTEXT_LENGTH_EXCEEDED")
     assert [len(e.backend.requests) for e in cluster.all_engines()] == [0, 0, 1, 1], (
-        "each model was asked once: a prompt that does not fit moves on to the next model, not the next replica"
+        "each model asked once: a prompt that does not fit moves on to the next model, not the next replica"
     )
 
     bad = prompt_input("hi", max_tokens=4, top_p=7.0)

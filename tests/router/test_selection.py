@@ -209,7 +209,7 @@ def test_candidates_are_ranked_with_scores_and_the_ineligible_last_with_reasons(
 
 
 def test_thresholds_are_configuration():
-    strict = SelectionSettings(balanced={"base": 0.8, "per_difficulty": 0.0})
+    strict = SelectionSettings(balanced_base=0.8, balanced_per_difficulty=0.0)
     request = generate_request(HELLO)
     selection = select_models(
         CATALOG,
