@@ -1,0 +1,86 @@
+"""gRPC statuses from the router -> the HTTP status and OpenAI error object a client gets."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from services.common.errors import (
+    ContextLengthExceededError,
+    DeadlineExceededError,
+    InsufficientQuotaError,
+    InvalidApiKeyError,
+    ModelNotFoundError,
+    NoHealthyReplicaError,
+    PermissionDeniedError,
+    RateLimitExceededError,
+    RemoteError,
+    reason_name,
+)
+from services.edge.errors import INTERNAL_MESSAGE, from_remote
+from tests.openai_schema import assert_matches
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "error_type", "code"),
+    [
+        (
+            ContextLengthExceededError("too long", param="messages"),
+            400,
+            "invalid_request_error",
+            "context_length_exceeded",
+        ),
+        (InvalidApiKeyError("who are you"), 401, "authentication_error", "invalid_api_key"),
+        (PermissionDeniedError("not yours"), 403, "permission_error", "permission_denied"),
+        (ModelNotFoundError("a/b"), 404, "invalid_request_error", "model_not_found"),
+        (InsufficientQuotaError("no credits"), 429, "rate_limit_error", "insufficient_quota"),
+        (RateLimitExceededError("slow down"), 429, "rate_limit_error", "rate_limit_exceeded"),
+        (DeadlineExceededError("late"), 504, "timeout_error", "timeout"),
+        (NoHealthyReplicaError("all down"), 503, "server_error", "no_healthy_replica"),
+    ],
+)
+def test_typed_router_errors_keep_their_message_and_reason(error, status, error_type, code):
+    api_error = from_remote(
+        RemoteError(
+            code=error.code, message=error.message, reason=reason_name(error.reason), metadata=error.metadata
+        )
+    )
+    assert (api_error.status, api_error.type, api_error.code) == (status, error_type, code)
+    assert api_error.message == error.message
+    assert_matches("ErrorResponse", api_error.body())
+    assert (api_error.headers is not None and "Retry-After" in api_error.headers) == (status in (429, 503))
+
+
+def test_param_and_retry_after_come_from_error_info_metadata():
+    api_error = from_remote(
+        RemoteError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down", "RATE_LIMIT_EXCEEDED", {"retry_after": "2.5"}
+        )
+    )
+    assert api_error.headers == {"Retry-After": "3"}
+    api_error = from_remote(
+        RemoteError(grpc.StatusCode.INVALID_ARGUMENT, "bad", "INVALID_REQUEST", {"param": "temperature"})
+    )
+    assert api_error.param == "temperature"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.CANCELLED],
+)
+def test_other_failures_are_a_generic_500(code):
+    api_error = from_remote(RemoteError(code, "Traceback ... /srv/router/secret.py line 3"))
+    assert (api_error.status, api_error.type, api_error.code) == (500, "server_error", None)
+    assert api_error.message == INTERNAL_MESSAGE
+
+
+def test_transport_failures_do_not_leak_their_text():
+    api_error = from_remote(
+        RemoteError(
+            grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: 10.0.0.7:50051"
+        )
+    )
+    assert api_error.status == 503 and "10.0.0.7" not in api_error.message
+    assert api_error.headers == {"Retry-After": "1"}
+    deadline = from_remote(RemoteError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+    assert (deadline.status, deadline.type, deadline.code) == (504, "timeout_error", "timeout")

@@ -1,0 +1,103 @@
+"""Models, health, request ids and what the edge tells the router about the caller."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.edge.conftest import API_KEY, AUTH, Edge, start_edge
+from tests.openai_schema import assert_matches
+
+
+async def test_models_are_listed_and_retrievable_by_ids_with_slashes(edge: Edge):
+    client = edge.openai()
+    models = await client.models.list()
+    assert [m.id for m in models.data] == ["switchyard/sim", "acme/big:2"]
+    assert (await client.models.retrieve("acme/big:2")).owned_by == "acme"
+    with pytest.raises(openai.NotFoundError) as caught:
+        await client.models.retrieve("nobody/nothing")
+    assert caught.value.response.json()["error"]["code"] == "model_not_found"
+
+    async with edge.http(headers=AUTH) as http:
+        listed = await http.get("/v1/models")
+        one = await http.get("/v1/models/switchyard/sim")
+    assert_matches("ListModelsResponse", listed.json())
+    assert_matches("Model", one.json())
+
+
+async def test_health_needs_no_key_and_follows_the_router(edge: Edge, router_server):
+    async with edge.http() as http:
+        response = await http.get("/health")
+    assert response.status_code == 200
+
+    server, _ = router_server
+    await server.set_serving(False)
+    try:
+        async with edge.http() as http:
+            response = await http.get("/health")
+    finally:
+        await server.set_serving(True)
+    assert response.status_code == 503
+    assert_matches("ErrorResponse", response.json())
+
+
+async def test_an_edge_whose_router_is_unreachable_is_unhealthy_and_answers_503(router_server):
+    # A port nobody listens on: the router is "down".
+    lonely = await start_edge(router_port=1)
+    try:
+        async with Edge(f"http://127.0.0.1:{lonely.port}", router_server[1], lonely).http() as http:
+            health = await http.get("/health")
+            generate = await http.post("/v1/completions", json={"prompt": "x"}, headers=AUTH)
+    finally:
+        await lonely.stop()
+    assert health.status_code == 503
+    assert generate.status_code == 503 and generate.headers["retry-after"]
+    assert_matches("ErrorResponse", generate.json())
+    assert "127.0.0.1:1" not in generate.text, "transport details stay inside"
+
+
+async def test_request_id_is_accepted_echoed_and_forwarded(edge: Edge):
+    response = await edge.post("/v1/completions", {"prompt": "x"}, headers={"x-request-id": "req-abc.1"})
+    assert response.headers["x-request-id"] == "req-abc.1"
+    assert response.json()["id"] == "cmpl-req-abc.1"
+    call = edge.router.calls[-1]
+    assert call.metadata["x-request-id"] == "req-abc.1" and call.request.request_id == "req-abc.1"
+    assert call.metadata["authorization"] == f"Bearer {API_KEY}"
+
+    response = await edge.post("/v1/completions", {"prompt": ["a", "b"]}, headers={"x-request-id": "req-two"})
+    assert sorted(c.metadata["x-request-id"] for c in edge.router.calls[-2:]) == ["req-two-0", "req-two-1"]
+
+    # An unusable id (spaces, too long) is replaced by a new one; errors carry an id too.
+    response = await edge.post("/v1/chat/completions", {"messages": []}, headers={"x-request-id": "not ok"})
+    assert response.status_code == 400
+    made = response.headers["x-request-id"]
+    assert made and made != "not ok"
+
+
+async def test_with_auth_off_the_edge_forwards_whatever_key_it_got(router_server):
+    server, fake = router_server
+    fake.reset()
+    open_edge = await start_edge(server.port, api_key_hashes=[], allow_unauthenticated=True)
+    try:
+        edge = Edge(f"http://127.0.0.1:{open_edge.port}", fake, open_edge)
+        assert (
+            await edge.post("/v1/completions", {"prompt": "x"}, headers={"Authorization": ""})
+        ).status_code == 200
+        assert "authorization" not in fake.calls[-1].metadata
+        await edge.openai(api_key="sy-routers-business").completions.create(model="auto", prompt="x")
+        assert fake.calls[-1].metadata["authorization"] == "Bearer sy-routers-business"
+    finally:
+        await open_edge.stop()
+
+
+async def test_without_keys_or_permission_to_run_open_every_request_is_refused(router_server):
+    server, fake = router_server
+    fake.reset()
+    closed_edge = await start_edge(server.port, api_key_hashes=[])
+    try:
+        edge = Edge(f"http://127.0.0.1:{closed_edge.port}", fake, closed_edge)
+        response = await edge.post("/v1/completions", {"prompt": "x"})
+        assert response.status_code == 401
+        assert fake.calls == []
+    finally:
+        await closed_edge.stop()
