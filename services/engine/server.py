@@ -42,35 +42,39 @@ class EngineServer:
 
     async def start(self) -> None:
         await self.backend.start()
+        grpc_server = None
         try:
             grpc_server = GrpcServer([SERVICE_NAME], _address(self.settings.host, self.settings.port))
             engine_pb2_grpc.add_EngineServiceServicer_to_server(self._servicer, grpc_server.server)
             await grpc_server.start()
         except BaseException:
+            if grpc_server is not None:
+                await grpc_server.server.stop(0)
             await self.backend.close()
             raise
         self._grpc = grpc_server
-        self._health_watch = asyncio.create_task(self._watch_backend_health(), name="engine-health-watch")
+        self._health_watch = asyncio.create_task(
+            self._watch_backend_health(grpc_server), name="engine-health-watch"
+        )
 
     async def stop(self, grace: float | None = None) -> None:
-        if self._grpc is None:
-            return
+        grpc_server, self._grpc = self._grpc, None
+        if grpc_server is None:
+            return  # never started, or already stopped
         grace = self.settings.drain_grace_seconds if grace is None else grace
         if self._health_watch is not None:
             self._health_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_watch
-        await self._grpc.set_serving(False)
+        await grpc_server.set_serving(False)
         # The drain waits for generations only. `server.stop(grace)` alone would also wait out the
         # health Watch streams that routers keep open, which never end by themselves: every shutdown
         # would take the whole grace period.
         await self._servicer.drain(grace)
-        await self._grpc.stop(0)
-        self._grpc = None
+        await grpc_server.stop(0)
         await self.backend.close()
 
-    async def _watch_backend_health(self) -> None:
-        assert self._grpc is not None
+    async def _watch_backend_health(self, grpc_server: GrpcServer) -> None:
         while True:
             await asyncio.sleep(self.settings.health_check_interval_seconds)
             try:
@@ -81,7 +85,7 @@ class EngineServer:
             if not healthy:
                 logger.error("the %s backend is unhealthy: reporting NOT_SERVING", self.settings.backend)
                 self._servicer.accepting = False
-                await self._grpc.set_serving(False)
+                await grpc_server.set_serving(False)
                 return
 
 

@@ -14,7 +14,7 @@ from services.engine.backends.vllm_config import VllmSettings
 
 class EngineSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="SWITCHYARD_ENGINE_", env_nested_delimiter="__", extra="ignore"
+        env_prefix="SWITCHYARD_ENGINE_", env_nested_delimiter="__", extra="forbid"
     )
 
     host: str = "127.0.0.1"

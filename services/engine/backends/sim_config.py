@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class SimSettings(BaseModel):
@@ -13,10 +13,13 @@ class SimSettings(BaseModel):
     `inter_token_latency` per decode step. All zero by default, so benchmarks measure the gateway.
     """
 
+    # A misspelt setting fails at startup instead of being silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
     # Which pseudo-model: engines with the same seed write the same text for the same request.
     model_seed: int = 0
     max_model_len: int = Field(4096, ge=1)
-    max_logprobs: int = Field(20, ge=0, le=20)
+    max_logprobs: int = Field(20, ge=0)
     # Unless ignore_eos is set, a choice ends with EOS (finish_reason "stop") after a length in this
     # range, fixed by the prompt (greedy) or the choice's random stream (sampling).
     response_length_min: int = Field(128, ge=1)

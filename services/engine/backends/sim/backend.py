@@ -3,7 +3,8 @@
 A product feature, like llm-d's inference simulator: deterministic text from a fixed vocabulary with
 every sampling field of the contract honoured, configurable latency, a prefix-cache model and load
 reports. It exists for tests, for benchmarks of the gateway itself and for routing experiments.
-Repetition, presence and frequency penalties are accepted and range-checked but not modelled.
+Repetition, presence and frequency penalties are accepted and range-checked but not modelled. Echo
+prepends the prompt as the model sees it: for a chat, the flattened conversation (chat_template.py).
 
 A request's life: checked (`plan_generation`) -> waits for room under max_running_sequences -> prefill
 (time to first token; uncached prompt tokens cost prefill time, one prefill at a time) -> one token

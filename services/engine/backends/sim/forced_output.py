@@ -8,7 +8,8 @@
 - Otherwise `response_format` json_object gives `{}` and json_schema a minimal instance of the schema.
 
 Arguments and documents are `json_instance.minimal_instance` of the schema: the same request always
-gets the same output, whatever the temperature (as with a real model under a tight grammar).
+gets the same output, whatever the temperature (as with a real model under a tight grammar). A choice
+makes at most one call, whatever parallel_tool_calls says.
 """
 
 from __future__ import annotations
