@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from services.router.accounting import Accounting, AccountingSettings, KeyPolicy, schema
+from services.router.accounting import Accounting, AccountingSettings, KeyPolicy, migrations, schema
 from services.router.accounting.database import Database
 
 POSTGRES_DSN = os.environ.get("SWITCHYARD_TEST_POSTGRES_DSN")
@@ -33,16 +33,41 @@ class FakeClock:
         self.now += seconds
 
 
+def _plain_dsn(url) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+async def postgres_template() -> AsyncIterator[str | None]:
+    """A database migrated once, copied for each test: CREATE DATABASE ... TEMPLATE is much faster
+    than migrating every test's database. None without a PostgreSQL server."""
+    if not POSTGRES_DSN:
+        yield None
+        return
+    server = make_url(POSTGRES_DSN)
+    name = f"switchyard_template_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(_plain_dsn(server))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        template = Database(server.set(database=name).render_as_string(hide_password=False))
+        await migrations.upgrade(template)
+        await template.dispose()
+        yield name
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(params=BACKENDS)
-async def database_url(request, tmp_path) -> AsyncIterator[str]:
+async def database_url(request, tmp_path, postgres_template) -> AsyncIterator[str]:
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"
         return
     server = make_url(POSTGRES_DSN)
     name = f"switchyard_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server.set(drivername="postgresql").render_as_string(hide_password=False))
+    admin = await asyncpg.connect(_plain_dsn(server))
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
         yield server.set(database=name).render_as_string(hide_password=False)
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
