@@ -174,7 +174,7 @@ class ChoiceDecoder:
         elif not self._stop:
             out += text
         else:
-            written, stop = self._write_until_stop(text, match=self.generated > self._sampling.min_tokens)
+            written, stop = self._write_until_stop(text, match=self.generated >= self._sampling.min_tokens)
             out += written
             if stop is not None:
                 return self._finish(response, out, _STOP, stop)
