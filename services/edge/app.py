@@ -53,7 +53,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
                 "no API key hashes are configured and allow_unauthenticated is false: every request "
                 "will be refused with 401"
             )
-        app.state.edge = EdgeState.connect(settings)
+        app.state.edge = EdgeState.from_settings(settings)
         logger.info("edge serving the OpenAI API, router at %s", settings.router_address)
         try:
             yield

@@ -22,7 +22,7 @@ class EdgeState:
     models: ModelsServing
 
     @classmethod
-    def connect(cls, settings: EdgeSettings) -> EdgeState:
+    def from_settings(cls, settings: EdgeSettings) -> EdgeState:
         """Opens the channel to the router (lazily: nothing is dialled until the first call)."""
         router = RouterClient(settings.router_address)
         return cls(
