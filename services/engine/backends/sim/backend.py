@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import math
 import random
 from collections.abc import AsyncIterator
@@ -30,8 +29,6 @@ from services.engine.backends.sim.prefix_cache import HitRateWindow, PrefixCache
 from services.engine.backends.sim_config import SimSettings
 from switchyard.engine.v1 import engine_service_pb2 as engine_pb2
 from switchyard.inference.v1 import inference_pb2
-
-logger = logging.getLogger(__name__)
 
 # With no inter-token latency, hand the event loop back every this many steps: often enough to stay
 # responsive and cancellable, rarely enough to cost nothing per token.
