@@ -56,9 +56,9 @@ assert (
     engine_pb2.GenerateResponse.DESCRIPTOR.fields_by_name["delta"].message_type
     is router_pb2.GenerateResponse.DESCRIPTOR.fields_by_name["delta"].message_type
 ), "engine and router deltas must be the same message for the byte splice"
-_ENGINE_DELTA = _field_tag(engine_pb2.GenerateResponse, "delta")
-_ENGINE_FINISHED = _field_tag(engine_pb2.GenerateResponse, "finished")
-_ROUTER_DELTA = bytes([_field_tag(router_pb2.GenerateResponse, "delta")])
+ENGINE_DELTA_TAG = _field_tag(engine_pb2.GenerateResponse, "delta")
+ENGINE_FINISHED_TAG = _field_tag(engine_pb2.GenerateResponse, "finished")
+ROUTER_DELTA_PREFIX = bytes([_field_tag(router_pb2.GenerateResponse, "delta")])
 
 # Failures of the replica (or of its connection), worth trying elsewhere. NOT_FOUND from an engine
 # means it does not serve what the registry says it does: a deployment error, not the caller's.
@@ -190,10 +190,10 @@ class Dispatcher:
             try:
                 # The per-token loop: keep it this small.
                 async for raw in call:
-                    tag = raw[0]
-                    if tag == _ENGINE_DELTA and not remap and _whole_field(raw):
-                        event = _ROUTER_DELTA + raw[1:]
-                    elif tag == _ENGINE_FINISHED:
+                    tag = raw[0] if raw else -1  # b"": an event with nothing set (parsed, then skipped)
+                    if tag == ENGINE_DELTA_TAG and not remap and _whole_field(raw):
+                        event = ROUTER_DELTA_PREFIX + raw[1:]
+                    elif tag == ENGINE_FINISHED_TAG:
                         finished = engine_pb2.GenerateResponse.FromString(raw).finished
                         continue
                     else:

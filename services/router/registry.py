@@ -139,6 +139,10 @@ class Registry:
 
     def __init__(self, models: Iterable[ModelEntry], created: Mapping[str, int]) -> None:
         self.models: tuple[ModelEntry, ...] = tuple(models)
+        # Every model as the router offers it when choosing (base models, not adapters).
+        self.routable: tuple[ResolvedModel, ...] = tuple(
+            ResolvedModel(entry, entry.served_name) for entry in self.models
+        )
         self.created = dict(created)
         self._names: dict[str, ResolvedModel] = {}
         self._short_names: dict[str, list[ModelEntry]] = {}

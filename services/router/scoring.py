@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,23 +38,26 @@ CATEGORY_BASE = {
     "chat": 0.1,
 }
 
-_WORD = re.compile(r"[a-z][a-z+#]*")
+# Punctuation becomes space before the text is split into words ("python," -> "python"); + and #
+# stay, for c++ and c#.
+_PUNCTUATION_TO_SPACE = str.maketrans({c: " " for c in string.punctuation if c not in "+#"})
 
 
 @dataclass(frozen=True, slots=True)
 class _Signals:
-    """A category's signals; each kind that matches counts once. Words are matched against a set of the
-    lower-cased text's words and phrases as substrings: case-insensitive regex alternations cost
-    hundreds of microseconds on a long prompt, these a few dozen."""
+    """A category's signals; each kind that matches counts once. Words are looked up in the set of the
+    lower-cased text's words, phrases and symbols found as substrings: case-insensitive regex
+    alternations cost hundreds of microseconds on a long prompt, these a few."""
 
     words: frozenset[str] = frozenset()
     syntax_words: frozenset[str] = frozenset()
     phrases: tuple[str, ...] = ()
+    symbols: tuple[str, ...] = ()
     patterns: tuple[re.Pattern[str], ...] = ()
 
     def count(self, raw: str, lowered: str, words: set[str]) -> int:
         hits = (not self.words.isdisjoint(words)) + (not self.syntax_words.isdisjoint(words))
-        hits += any(phrase in lowered for phrase in self.phrases)
+        hits += any(map(lowered.__contains__, self.phrases)) + any(map(raw.__contains__, self.symbols))
         return hits + sum(1 for pattern in self.patterns if pattern.search(raw))
 
 
@@ -65,7 +69,8 @@ _SIGNALS: dict[str, _Signals] = {
         ),
         syntax_words=frozenset("def class return import const let var fn func struct impl include".split()),
         phrases=("```", "stack trace", "unit test"),
-        patterns=(re.compile(r"[;{}]\s*$|=>|\(\)\s*[{:]", re.MULTILINE),),
+        symbols=("=>", "();", "() {", "():", "->"),
+        patterns=(re.compile(r"[;{}][ \t]*$", re.MULTILINE),),
     ),
     "math": _Signals(
         words=frozenset(
@@ -130,7 +135,7 @@ _QUESTION_PATTERNS = (
 
 def _signal_counts(text: str) -> dict[str, int]:
     lowered = text.lower()
-    words = set(_WORD.findall(lowered))
+    words = set(lowered.translate(_PUNCTUATION_TO_SPACE).split())
     return {category: signals.count(text, lowered, words) for category, signals in _SIGNALS.items()}
 
 

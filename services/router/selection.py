@@ -128,7 +128,7 @@ def select_models(
             {resolved.entry.id: resolved for resolved in map(registry.resolve, routing.models)}.values()
         )
     else:
-        pool = [ResolvedModel(entry, entry.served_name) for entry in registry.models]
+        pool = registry.routable
     excluded_models = {found.id for found in map(registry.find, routing.exclude_models) if found is not None}
     excluded_providers = set(routing.exclude_providers)
 
