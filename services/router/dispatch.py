@@ -48,14 +48,16 @@ logger = logging.getLogger(__name__)
 def _field_tag(message: type, name: str) -> int:
     descriptor = message.DESCRIPTOR.fields_by_name[name]
     tag = (descriptor.number << 3) | 2  # wire type 2: length-delimited
-    assert tag < 0x80, "the splice below assumes one-byte tags"
+    if tag >= 0x80:
+        raise ImportError(f"{message.__name__}.{name}: the delta splice assumes one-byte field tags")
     return tag
 
 
-assert (
+if (
     engine_pb2.GenerateResponse.DESCRIPTOR.fields_by_name["delta"].message_type
-    is router_pb2.GenerateResponse.DESCRIPTOR.fields_by_name["delta"].message_type
-), "engine and router deltas must be the same message for the byte splice"
+    is not router_pb2.GenerateResponse.DESCRIPTOR.fields_by_name["delta"].message_type
+):
+    raise ImportError("the delta splice needs the engine and the router to stream the same TokenDelta")
 ENGINE_DELTA_TAG = _field_tag(engine_pb2.GenerateResponse, "delta")
 ENGINE_FINISHED_TAG = _field_tag(engine_pb2.GenerateResponse, "finished")
 ROUTER_DELTA_PREFIX = bytes([_field_tag(router_pb2.GenerateResponse, "delta")])
@@ -127,12 +129,6 @@ class Outcome:
     usage: inference_pb2.Usage = field(default_factory=inference_pb2.Usage)
     cost: float = 0.0
     resumed: int = 0
-
-
-class _EngineFailed(Exception):
-    def __init__(self, error: RemoteError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 class Dispatcher:

@@ -13,7 +13,6 @@ policy that picks one for a request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -113,9 +112,6 @@ class ReplicaPool:
 
     def get(self, address: str) -> Replica | None:
         return self._replicas.get(address)
-
-    def __iter__(self):
-        return iter(self._replicas.values())
 
     def sync(self, addresses: Iterable[str]) -> list[str]:
         """Opens channels to new addresses and retires the ones no longer listed; returns the retired."""
@@ -269,13 +265,3 @@ class ReplicaChooser:
             if customer:
                 self.sessions.put(session_key, chosen.address)
         return chosen
-
-
-@contextlib.contextmanager
-def outstanding(replica: Replica):
-    """Counts a call in the replica's outstanding requests while it runs."""
-    replica.outstanding += 1
-    try:
-        yield
-    finally:
-        replica.outstanding -= 1
