@@ -138,7 +138,7 @@ class RouterServicer:
             )
         logger.info(
             "request %s: %s on %s, %s difficulty %.2f, %d attempt(s), %d resumed, "
-            "%d prompt + %d completion tokens, %.4f credits, first output %.1f ms, %.1f ms",
+            "%d prompt + %d completion tokens, %.6g credits, first output %.1f ms, %.1f ms",
             request_id,
             outcome.model.entry.id if outcome.model else "-",
             outcome.replica or "-",
