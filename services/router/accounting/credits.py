@@ -21,6 +21,8 @@ next start returns them, and bills nothing: a request whose end the router never
 it can prove, so the customer is not charged for it (lost revenue is bounded by the requests in
 flight at the crash). A request that does finish after its hold was swept is still billed: its
 settlement finds no hold to release and charges the usage alone.
+
+The transactions are plain functions of a synchronous Connection, run by `Database.write`.
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import ColumnElement, Connection, bindparam, delete, insert, or_, select, update
 
 from services.common.errors import InsufficientQuotaError, InvalidApiKeyError
 from services.router.accounting import schema
@@ -41,6 +42,27 @@ from services.router.accounting.pricing import nanocredits_to_credits
 _keys = schema.api_keys
 _ledger = schema.credit_ledger
 _open = schema.open_reservations
+
+# The hot path's statements, built once: building one per call costs more than SQLite running it.
+_INSERT_LEDGER = insert(_ledger)
+_INSERT_OPEN = insert(_open)
+_ADD_TO_BALANCE = (
+    update(_keys)
+    .where(_keys.c.id == bindparam("key"))
+    .values(balance_nanocredits=_keys.c.balance_nanocredits + bindparam("amount"))
+)
+_HOLD = (
+    update(_keys)
+    .where(
+        _keys.c.id == bindparam("key"),
+        _keys.c.balance_nanocredits >= bindparam("amount"),
+        _keys.c.revoked_at.is_(None),
+    )
+    .values(balance_nanocredits=_keys.c.balance_nanocredits - bindparam("amount"))
+)
+_CLAIM_HOLD = (
+    delete(_open).where(_open.c.id == bindparam("reservation")).returning(_open.c.amount_nanocredits)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,23 +80,22 @@ def unreserved(key_id: str, request_id: str, model: str) -> Reservation:
     return Reservation(str(uuid.uuid4()), key_id, 0, request_id, model)
 
 
-async def record_top_up(
-    connection: AsyncConnection, key_id: str, amount_nanocredits: int, *, note: str
-) -> None:
-    await connection.execute(
-        update(_keys)
-        .where(_keys.c.id == key_id)
-        .values(balance_nanocredits=_keys.c.balance_nanocredits + amount_nanocredits)
+def record_top_up(connection: Connection, key_id: str, amount_nanocredits: int, *, note: str) -> None:
+    _add_to_balance(connection, key_id, amount_nanocredits)
+    connection.execute(
+        _INSERT_LEDGER,
+        {
+            "key_id": key_id,
+            "kind": "top_up",
+            "amount_nanocredits": amount_nanocredits,
+            "note": note,
+            "created_at": datetime.now(UTC),
+        },
     )
-    await connection.execute(
-        insert(_ledger).values(
-            key_id=key_id,
-            kind="top_up",
-            amount_nanocredits=amount_nanocredits,
-            note=note,
-            created_at=datetime.now(UTC),
-        )
-    )
+
+
+def _add_to_balance(connection: Connection, key_id: str, amount_nanocredits: int) -> None:
+    connection.execute(_ADD_TO_BALANCE, {"key": key_id, "amount": amount_nanocredits})
 
 
 class CreditLedger:
@@ -83,90 +104,29 @@ class CreditLedger:
     def __init__(self, database: Database, holder: str) -> None:
         self._database = database
         self.holder = holder
+        # Inserts nothing when this reservation was settled already (see the unique constraint).
+        self._insert_settlement = database.insert_ignoring_duplicates(_ledger).returning(_ledger.c.id)
 
     async def reserve(
         self, key_id: str, amount_nanocredits: int, *, request_id: str, model: str
     ) -> Reservation:
         """Holds `amount_nanocredits` of the key's balance, or raises InsufficientQuotaError."""
         reservation = Reservation(str(uuid.uuid4()), key_id, amount_nanocredits, request_id, model)
-        now = datetime.now(UTC)
-        async with self._database.engine.begin() as connection:
-            held = await connection.execute(
-                update(_keys)
-                .where(
-                    _keys.c.id == key_id,
-                    _keys.c.balance_nanocredits >= amount_nanocredits,
-                    _keys.c.revoked_at.is_(None),
-                )
-                .values(balance_nanocredits=_keys.c.balance_nanocredits - amount_nanocredits)
-            )
-            if held.rowcount != 1:
-                raise await self._refusal(connection, key_id, amount_nanocredits)
-            await connection.execute(
-                insert(_ledger).values(
-                    key_id=key_id,
-                    kind="reservation",
-                    amount_nanocredits=-amount_nanocredits,
-                    reservation_id=reservation.id,
-                    request_id=request_id,
-                    model=model,
-                    created_at=now,
-                )
-            )
-            await connection.execute(
-                insert(_open).values(
-                    id=reservation.id,
-                    key_id=key_id,
-                    amount_nanocredits=amount_nanocredits,
-                    request_id=request_id,
-                    holder=self.holder,
-                    created_at=now,
-                )
-            )
+        await self._database.write(lambda connection: self._reserve(connection, reservation))
         return reservation
 
     async def settle(self, reservation: Reservation, charge_nanocredits: int) -> bool:
         """Bills `charge_nanocredits` and releases the reservation's hold, in one transaction.
         False (and no change) when this reservation was settled before."""
-        now = datetime.now(UTC)
-        common = {
-            "key_id": reservation.key_id,
-            "reservation_id": reservation.id,
-            "request_id": reservation.request_id,
-            "model": reservation.model,
-            "created_at": now,
-        }
-        async with self._database.engine.begin() as connection:
-            settled = await connection.execute(
-                self._database.insert_ignoring_duplicates(_ledger)
-                .values(kind="settlement", amount_nanocredits=-charge_nanocredits, **common)
-                .returning(_ledger.c.id)
-            )
-            if settled.first() is None:
-                return False
-            held = (
-                await connection.execute(
-                    delete(_open).where(_open.c.id == reservation.id).returning(_open.c.amount_nanocredits)
-                )
-            ).scalar()
-            released = held or 0
-            if held is not None:
-                await connection.execute(
-                    insert(_ledger).values(kind="release", amount_nanocredits=held, **common)
-                )
-            if released != charge_nanocredits:
-                await connection.execute(
-                    update(_keys)
-                    .where(_keys.c.id == reservation.key_id)
-                    .values(balance_nanocredits=_keys.c.balance_nanocredits + released - charge_nanocredits)
-                )
-        return True
+        return await self._database.write(
+            lambda connection: self._settle(connection, reservation, charge_nanocredits)
+        )
 
     async def release(self, reservation: Reservation, *, note: str) -> bool:
         """Returns a hold without billing anything (the request never ran). False when it was
         settled or released already."""
-        async with self._database.engine.begin() as connection:
-            return await self._release_where(connection, _open.c.id == reservation.id, note) == 1
+        condition = _open.c.id == reservation.id
+        return await self._database.write(lambda connection: _release_where(connection, condition, note)) == 1
 
     async def release_abandoned(self, *, older_than: datetime, own: bool) -> int:
         """Releases the holds no running request owns: those older than `older_than` (no request
@@ -175,58 +135,107 @@ class CreditLedger:
         condition = _open.c.created_at < older_than
         if own:
             condition = or_(condition, _open.c.holder == self.holder)
-        async with self._database.engine.begin() as connection:
-            return await self._release_where(connection, condition, "released: abandoned by its router")
+        note = "released: abandoned by its router"
+        return await self._database.write(lambda connection: _release_where(connection, condition, note))
 
-    async def _release_where(self, connection: AsyncConnection, condition, note: str) -> int:
-        # DELETE ... RETURNING claims each hold once, even against a concurrent settlement.
-        rows = (
-            await connection.execute(
-                delete(_open)
-                .where(condition)
-                .returning(_open.c.id, _open.c.key_id, _open.c.amount_nanocredits, _open.c.request_id)
-            )
-        ).all()
-        if not rows:
-            return 0
+    def _reserve(self, connection: Connection, reservation: Reservation) -> None:
         now = datetime.now(UTC)
-        await connection.execute(
-            insert(_ledger),
-            [
-                {
-                    "key_id": row.key_id,
-                    "kind": "release",
-                    "amount_nanocredits": row.amount_nanocredits,
-                    "reservation_id": row.id,
-                    "request_id": row.request_id,
-                    "note": note,
-                    "created_at": now,
-                }
-                for row in rows
-            ],
+        connection.execute(
+            _INSERT_LEDGER,
+            {
+                "key_id": reservation.key_id,
+                "kind": "reservation",
+                "amount_nanocredits": -reservation.amount_nanocredits,
+                "reservation_id": reservation.id,
+                "request_id": reservation.request_id,
+                "model": reservation.model,
+                "created_at": now,
+            },
         )
-        per_key: dict[str, int] = defaultdict(int)
-        for row in rows:
-            per_key[row.key_id] += row.amount_nanocredits
-        # In key order, so that two routers releasing at once lock rows in the same order.
-        for key_id in sorted(per_key):
-            await connection.execute(
-                update(_keys)
-                .where(_keys.c.id == key_id)
-                .values(balance_nanocredits=_keys.c.balance_nanocredits + per_key[key_id])
-            )
-        return len(rows)
+        connection.execute(
+            _INSERT_OPEN,
+            {
+                "id": reservation.id,
+                "key_id": reservation.key_id,
+                "amount_nanocredits": reservation.amount_nanocredits,
+                "request_id": reservation.request_id,
+                "holder": self.holder,
+                "created_at": now,
+            },
+        )
+        # The balance last: on PostgreSQL its row lock, which every request of the key needs, is
+        # then held only until the commit. A refusal rolls the two inserts back.
+        held = connection.execute(
+            _HOLD, {"key": reservation.key_id, "amount": reservation.amount_nanocredits}
+        )
+        if held.rowcount != 1:
+            raise _refusal(connection, reservation)
 
-    async def _refusal(self, connection: AsyncConnection, key_id: str, amount_nanocredits: int) -> Exception:
-        row = (
-            await connection.execute(
-                select(_keys.c.balance_nanocredits, _keys.c.revoked_at).where(_keys.c.id == key_id)
-            )
-        ).first()
-        if row is None or row.revoked_at is not None:
-            return InvalidApiKeyError("The API key was revoked.")
-        return InsufficientQuotaError(
-            "You exceeded your current quota: this request may cost up to "
-            f"{nanocredits_to_credits(amount_nanocredits):.9g} credits and the key has "
-            f"{nanocredits_to_credits(max(row.balance_nanocredits, 0)):.9g} left. Top up the key to continue."
+    def _settle(self, connection: Connection, reservation: Reservation, charge_nanocredits: int) -> bool:
+        common = {
+            "key_id": reservation.key_id,
+            "reservation_id": reservation.id,
+            "request_id": reservation.request_id,
+            "model": reservation.model,
+            "created_at": datetime.now(UTC),
+        }
+        settled = connection.execute(
+            self._insert_settlement,
+            common | {"kind": "settlement", "amount_nanocredits": -charge_nanocredits},
         )
+        if settled.first() is None:
+            return False
+        held = connection.execute(_CLAIM_HOLD, {"reservation": reservation.id}).scalar()
+        if held is not None:
+            connection.execute(_INSERT_LEDGER, common | {"kind": "release", "amount_nanocredits": held})
+        change = (held or 0) - charge_nanocredits
+        if change:
+            _add_to_balance(connection, reservation.key_id, change)
+        return True
+
+
+def _release_where(connection: Connection, condition: ColumnElement[bool], note: str) -> int:
+    # DELETE ... RETURNING claims each hold once, even against a concurrent settlement.
+    rows = connection.execute(
+        delete(_open)
+        .where(condition)
+        .returning(_open.c.id, _open.c.key_id, _open.c.amount_nanocredits, _open.c.request_id)
+    ).all()
+    if not rows:
+        return 0
+    now = datetime.now(UTC)
+    connection.execute(
+        _INSERT_LEDGER,
+        [
+            {
+                "key_id": row.key_id,
+                "kind": "release",
+                "amount_nanocredits": row.amount_nanocredits,
+                "reservation_id": row.id,
+                "request_id": row.request_id,
+                "note": note,
+                "created_at": now,
+            }
+            for row in rows
+        ],
+    )
+    per_key: dict[str, int] = defaultdict(int)
+    for row in rows:
+        per_key[row.key_id] += row.amount_nanocredits
+    # In key order, so that two routers releasing at once lock rows in the same order.
+    for key_id in sorted(per_key):
+        _add_to_balance(connection, key_id, per_key[key_id])
+    return len(rows)
+
+
+def _refusal(connection: Connection, reservation: Reservation) -> Exception:
+    row = connection.execute(
+        select(_keys.c.balance_nanocredits, _keys.c.revoked_at).where(_keys.c.id == reservation.key_id)
+    ).first()
+    if row is None or row.revoked_at is not None:
+        return InvalidApiKeyError("The API key was revoked.")
+    return InsufficientQuotaError(
+        "You exceeded your current quota: this request may cost up to "
+        f"{nanocredits_to_credits(reservation.amount_nanocredits):.9g} credits and the key has "
+        f"{nanocredits_to_credits(max(row.balance_nanocredits, 0)):.9g} left. Top up the key to continue."
+    )

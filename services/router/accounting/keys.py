@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import RowMapping, select, update
+from sqlalchemy import Connection, RowMapping, select, update
 
 from services.common.errors import InvalidRequestError
 from services.router.accounting import schema
@@ -139,8 +139,10 @@ class KeyStore:
         secret = secret or generate_secret()
         key_id = "key_" + secrets.token_hex(8)
         now = datetime.now(UTC)
-        async with self._database.engine.begin() as connection:
-            await connection.execute(
+        amount = credits_to_nanocredits(credits)
+
+        def insert_key(connection: Connection) -> None:
+            connection.execute(
                 schema.api_keys.insert().values(
                     id=key_id,
                     name=policy.name,
@@ -156,9 +158,10 @@ class KeyStore:
                     created_at=now,
                 )
             )
-            amount = credits_to_nanocredits(credits)
             if amount:
-                await record_top_up(connection, key_id, amount, note="initial credits")
+                record_top_up(connection, key_id, amount, note="initial credits")
+
+        await self._database.write(insert_key)
         return await self.get(key_id), secret
 
     async def ensure(self, secret: str, policy: KeyPolicy, *, credits: float) -> KeyRecord:
@@ -174,10 +177,8 @@ class KeyStore:
             )
         shortfall = credits_to_nanocredits(credits) - existing.balance_nanocredits
         if shortfall > 0:
-            async with self._database.engine.begin() as connection:
-                await record_top_up(
-                    connection, existing.key_id, shortfall, note="topped up to the ensured credits"
-                )
+            note = "topped up to the ensured credits"
+            await self._database.write(lambda c: record_top_up(c, existing.key_id, shortfall, note=note))
         return await self.get(existing.key_id)
 
     async def principal_for(self, secret_sha256: str) -> Principal | None:
@@ -209,12 +210,12 @@ class KeyStore:
     async def revoke(self, key_id: str) -> KeyRecord:
         """Revoked keys stay in the table (the ledger and the log refer to them); revoking twice
         keeps the first time."""
-        async with self._database.engine.begin() as connection:
-            await connection.execute(
-                update(schema.api_keys)
-                .where(schema.api_keys.c.id == key_id, schema.api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=datetime.now(UTC))
-            )
+        revoke = (
+            update(schema.api_keys)
+            .where(schema.api_keys.c.id == key_id, schema.api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=datetime.now(UTC))
+        )
+        await self._database.write(lambda connection: connection.execute(revoke))
         return await self.get(key_id)
 
     async def top_up(self, key_id: str, credits: float) -> KeyRecord:
@@ -222,8 +223,9 @@ class KeyStore:
         if amount <= 0:
             raise InvalidRequestError("A top-up must add a positive amount of credits.", param="credits")
         await self.get(key_id)
-        async with self._database.engine.begin() as connection:
-            await record_top_up(connection, key_id, amount, note="top-up")
+        await self._database.write(
+            lambda connection: record_top_up(connection, key_id, amount, note="top-up")
+        )
         return await self.get(key_id)
 
     async def _find(self, secret_sha256: str) -> KeyRecord | None:

@@ -200,9 +200,10 @@ class RequestLogWriter:
 
     async def _write(self, batch: list[RequestLogEntry]) -> None:
         try:
-            rows = [_row(entry) for entry in batch]
-            async with self._database.engine.begin() as connection:
-                await connection.execute(schema.request_log.insert(), rows)
+            # On SQLite this runs on the writer thread, rows built there too: off the event loop.
+            await self._database.write(
+                lambda connection: connection.execute(schema.request_log.insert(), [_row(e) for e in batch])
+            )
         except Exception:
             # The database is down or refused a row: these entries are lost, loudly; the writer
             # carries on with the next batch.

@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 # Where the `switchyard keys` command and `switchyard up` find the database when --database is not
 # given: the same variable the router reads through its nested settings.
@@ -28,6 +28,9 @@ def default_database_url() -> str:
 
 class AccountingSettings(BaseModel):
     """Keys, credits, rate limits, the request log and the response cache."""
+
+    # A misspelt SWITCHYARD_ROUTER_ACCOUNTING__* variable is an error, not a silent default.
+    model_config = ConfigDict(extra="forbid")
 
     # SQLAlchemy async URL: sqlite+aiosqlite:///path (one router) or postgresql+asyncpg://... (many).
     database_url: str = Field(default_factory=default_database_url)
