@@ -116,37 +116,36 @@ uuid warnings weakref zipfile zlib
 """.split()
 
 
-def default_cache_dir() -> Path:
-    """`$SWITCHYARD_CACHE_DIR`, else `.cache/` at the repository root."""
-    configured = os.environ.get("SWITCHYARD_CACHE_DIR")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[2] / ".cache"
+def default_model_dir() -> Path:
+    """`$SWITCHYARD_CACHE_DIR/models/tiny-llama`; the cache dir defaults to `.cache/` at the
+    repository root."""
+    cache = os.environ.get("SWITCHYARD_CACHE_DIR") or Path(__file__).resolve().parents[2] / ".cache"
+    return Path(cache) / "models" / MODEL_DIR_NAME
 
 
-def ensure_tiny_model(root: Path | None = None) -> Path:
-    """Returns the tiny model's folder under `root/models/` (root: the cache dir), building it first
-    if it is missing or was built by another recipe.
+def ensure_tiny_model(folder: Path | None = None) -> Path:
+    """Returns `folder` (default: default_model_dir()) holding the tiny model, building it first if
+    it is missing or was built by another recipe.
 
-    Safe to call from several processes at once: a file lock serializes builders, and the folder
-    appears by an atomic rename, so a reader never sees half a model.
+    Safe to call from several processes at once: a file lock beside the folder serializes builders,
+    and the folder appears by an atomic rename, so a reader never sees half a model.
     """
-    models = (root or default_cache_dir()) / "models"
-    target = models / MODEL_DIR_NAME
+    target = folder or default_model_dir()
     if _is_current(target):
         return target
-    models.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(models / f"{MODEL_DIR_NAME}.lock")):
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(parent / f"{target.name}.lock")):
         if _is_current(target):  # another process built it while we waited
             return target
         logger.info("building the tiny local model in %s", target)
-        staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR_NAME}-", dir=models))
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=parent))
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the model from other users of the cache
         try:
             _build(staging)
             if target.exists():
-                retired = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR_NAME}-old-", dir=models))
-                target.rename(retired / MODEL_DIR_NAME)
+                retired = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=parent))
+                target.rename(retired / target.name)
                 shutil.rmtree(retired)
             staging.rename(target)
         except BaseException:

@@ -17,19 +17,20 @@ pytestmark = pytest.mark.vllm
 
 def test_concurrent_callers_build_one_complete_model(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     caplog.set_level(logging.INFO, logger="services.engine.tiny_model")
+    folder = tmp_path / "models" / MODEL_DIR_NAME
     with ThreadPoolExecutor(max_workers=2) as pool:
-        paths = list(pool.map(lambda _: ensure_tiny_model(tmp_path), range(2)))
+        paths = list(pool.map(lambda _: ensure_tiny_model(folder), range(2)))
 
-    assert paths == [tmp_path / "models" / MODEL_DIR_NAME] * 2
+    assert paths == [folder] * 2
     assert sum("building the tiny local model" in r.getMessage() for r in caplog.records) == 1
     # Nothing half-built is left beside it.
-    assert sorted(p.name for p in (tmp_path / "models").iterdir() if p.is_dir()) == [MODEL_DIR_NAME]
+    assert sorted(p.name for p in folder.parent.iterdir() if p.is_dir()) == [MODEL_DIR_NAME]
     config = AutoConfig.from_pretrained(paths[0])
     assert config.model_type == "llama"
     assert config.head_dim in (32, 64), "a head size vLLM's CPU attention supports"
     # A later call finds it and builds nothing.
     caplog.clear()
-    assert ensure_tiny_model(tmp_path) == paths[0]
+    assert ensure_tiny_model(folder) == folder
     assert not caplog.records
 
 
