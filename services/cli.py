@@ -179,11 +179,25 @@ def grpc_serving(address: str) -> bool:
     return response.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def engine_context_window(address: str) -> int:
+    """The served model's max_model_len, so the registry advertises what the engine really takes."""
+    import grpc
+
+    from switchyard.engine.v1 import engine_service_pb2, engine_service_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = engine_service_pb2_grpc.EngineServiceStub(channel)
+        return stub.GetModelInfo(engine_service_pb2.GetModelInfoRequest(), timeout=10).max_model_len
+
+
 def start_in_order(services: list[Service], log_dir: Path | None, timeout: float, stopping: list[bool]) -> bool:
     """Starts each service once the one it calls is ready (engine, router, edge), so the router's
     first health watch already finds a serving engine and the edge a serving router."""
     deadline = time.monotonic() + timeout
+    engine, router = services[0], services[1]
     for service in services:
+        if service is router and engine.grpc_address:
+            router.env["SWITCHYARD_LOCAL_CONTEXT_WINDOW"] = str(engine_context_window(engine.grpc_address))
         service.start(log_dir)
         while not service.ready():
             if stopping or time.monotonic() > deadline:
