@@ -100,6 +100,7 @@ class GenerateRequest(_message.Message):
     REQUEST_BREAKDOWN_FIELD_NUMBER: _builtins.int
     DISABLE_LOG_FIELD_NUMBER: _builtins.int
     STREAM_FIELD_NUMBER: _builtins.int
+    DISABLE_CACHE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per request; made by the router when empty (or taken from x-request-id)."""
     model: _builtins.str
@@ -112,6 +113,10 @@ class GenerateRequest(_message.Message):
     """Log only metrics, never prompt or completion text."""
     stream: _builtins.bool
     """Whether the caller streams to its client (recorded; the RPC streams either way)."""
+    disable_cache: _builtins.bool
+    """Neither answer this request from the response cache nor store its response there. Callers may
+    instead send the metadata `x-switchyard-cache: off` (the HTTP header the edge forwards).
+    """
     @_builtins.property
     def input(self) -> _inference_pb2.GenerationInput: ...
     @_builtins.property
@@ -132,10 +137,11 @@ class GenerateRequest(_message.Message):
         request_breakdown: _builtins.bool = ...,
         disable_log: _builtins.bool = ...,
         stream: _builtins.bool = ...,
+        disable_cache: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "metadata", b"metadata", "routing", b"routing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_identifier", b"customer_identifier", "disable_log", b"disable_log", "input", b"input", "metadata", b"metadata", "model", b"model", "request_breakdown", b"request_breakdown", "request_id", b"request_id", "routing", b"routing", "stream", b"stream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_identifier", b"customer_identifier", "disable_cache", b"disable_cache", "disable_log", b"disable_log", "input", b"input", "metadata", b"metadata", "model", b"model", "request_breakdown", b"request_breakdown", "request_id", b"request_id", "routing", b"routing", "stream", b"stream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,15 +30,22 @@ class RouterServiceStub:
     back on failure. It serves the public edge and any internal gRPC caller alike.
 
     Callers authenticate with the same API keys as REST clients: `authorization: Bearer KEY` in the
-    call metadata. `x-request-id` in the metadata is reused as the request id when the request has none.
+    call metadata (UNAUTHENTICATED / INVALID_API_KEY without a known key, unless the router runs with
+    accounting disabled). `x-request-id` in the metadata is reused as the request id when the request
+    has none.
 
     Generate stream lifecycle:
+    0. initial metadata: OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for the
+    limits the caller's key has, as they stand after admitting this request;
     1. one `routed` event when the first output is ready: the model (subject to redaction) and replica
     that serve the request;
     2. `delta` events as in switchyard.engine.v1.EngineService.Generate (one finish_reason per choice);
     3. one `finished` event with usage and, when asked for, the request breakdown; then OK.
     Failures before the first delta are retried on other replicas and fallback models within the
     deadline; what cannot be served ends with a non-OK status carrying google.rpc.ErrorInfo.
+    Admission refusals: RESOURCE_EXHAUSTED with RATE_LIMIT_EXCEEDED (ErrorInfo metadata: `limit`,
+    `retry_after` in seconds and the x-ratelimit-* values) or INSUFFICIENT_QUOTA (not enough credits);
+    PERMISSION_DENIED for an explicit model the key may not use.
     """
 
     def __init__(self, channel):
@@ -74,15 +81,22 @@ class RouterServiceServicer:
     back on failure. It serves the public edge and any internal gRPC caller alike.
 
     Callers authenticate with the same API keys as REST clients: `authorization: Bearer KEY` in the
-    call metadata. `x-request-id` in the metadata is reused as the request id when the request has none.
+    call metadata (UNAUTHENTICATED / INVALID_API_KEY without a known key, unless the router runs with
+    accounting disabled). `x-request-id` in the metadata is reused as the request id when the request
+    has none.
 
     Generate stream lifecycle:
+    0. initial metadata: OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for the
+    limits the caller's key has, as they stand after admitting this request;
     1. one `routed` event when the first output is ready: the model (subject to redaction) and replica
     that serve the request;
     2. `delta` events as in switchyard.engine.v1.EngineService.Generate (one finish_reason per choice);
     3. one `finished` event with usage and, when asked for, the request breakdown; then OK.
     Failures before the first delta are retried on other replicas and fallback models within the
     deadline; what cannot be served ends with a non-OK status carrying google.rpc.ErrorInfo.
+    Admission refusals: RESOURCE_EXHAUSTED with RATE_LIMIT_EXCEEDED (ErrorInfo metadata: `limit`,
+    `retry_after` in seconds and the x-ratelimit-* values) or INSUFFICIENT_QUOTA (not enough credits);
+    PERMISSION_DENIED for an explicit model the key may not use.
     """
 
     def Route(self, request, context):
@@ -149,15 +163,22 @@ class RouterService:
     back on failure. It serves the public edge and any internal gRPC caller alike.
 
     Callers authenticate with the same API keys as REST clients: `authorization: Bearer KEY` in the
-    call metadata. `x-request-id` in the metadata is reused as the request id when the request has none.
+    call metadata (UNAUTHENTICATED / INVALID_API_KEY without a known key, unless the router runs with
+    accounting disabled). `x-request-id` in the metadata is reused as the request id when the request
+    has none.
 
     Generate stream lifecycle:
+    0. initial metadata: OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for the
+    limits the caller's key has, as they stand after admitting this request;
     1. one `routed` event when the first output is ready: the model (subject to redaction) and replica
     that serve the request;
     2. `delta` events as in switchyard.engine.v1.EngineService.Generate (one finish_reason per choice);
     3. one `finished` event with usage and, when asked for, the request breakdown; then OK.
     Failures before the first delta are retried on other replicas and fallback models within the
     deadline; what cannot be served ends with a non-OK status carrying google.rpc.ErrorInfo.
+    Admission refusals: RESOURCE_EXHAUSTED with RATE_LIMIT_EXCEEDED (ErrorInfo metadata: `limit`,
+    `retry_after` in seconds and the x-ratelimit-* values) or INSUFFICIENT_QUOTA (not enough credits);
+    PERMISSION_DENIED for an explicit model the key may not use.
     """
 
     @staticmethod
