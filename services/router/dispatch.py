@@ -34,7 +34,7 @@ from services.common.errors import (
 )
 from services.router.features import RequestFeatures
 from services.router.redaction import REDACTED
-from services.router.registry import ResolvedModel
+from services.router.registry import ModelEntry, ResolvedModel
 from services.router.replicas import Replica, ReplicaChooser
 from services.router.resume import Transcript, continuation_input, resume_blocker
 from services.router.settings import RetrySettings
@@ -118,7 +118,9 @@ class Job:
 
 @dataclass(slots=True)
 class Outcome:
-    """What happened, filled in while the request runs (for the breakdown and the request log)."""
+    """What happened, filled in while the request runs (for the breakdown, billing and the request
+    log). `usage`, `charges` and `cost` are set when the stream ends; for one that is cancelled or
+    fails part-way, `bill_what_was_sent` sets them."""
 
     attempts: int = 0
     # Model ids tried (or found without a usable replica) and given up on, in order.
@@ -127,8 +129,12 @@ class Outcome:
     replica: str = ""
     first_output_at: float | None = None  # time.perf_counter()
     usage: inference_pb2.Usage = field(default_factory=inference_pb2.Usage)
+    # The usage split by the model that produced it: (model, prompt tokens, completion tokens).
+    charges: list[tuple[ModelEntry, int, int]] = field(default_factory=list)
     cost: float = 0.0
     resumed: int = 0
+    # The deltas sent to the caller.
+    transcript: Transcript = field(default_factory=Transcript)
 
 
 class Dispatcher:
@@ -140,7 +146,7 @@ class Dispatcher:
         """Yields the `routed` event, then the deltas (serialized); fills `outcome` (usage, cost,
         attempts, ...) by the time it ends. Raises a ServiceError or RemoteError when nothing could
         serve the request."""
-        transcript = Transcript()
+        transcript = outcome.transcript
         position = 0  # in job.plan
         failed: set[str] = set()  # replicas that failed this request: not asked again
         last_error: RemoteError | None = None
@@ -350,15 +356,26 @@ class Dispatcher:
         served = outcome.model.entry if outcome.model is not None else job.plan[0].entry
         if whole is not None and not outcome.resumed:
             outcome.usage.CopyFrom(whole.usage)
-            outcome.cost = served.price(whole.usage.prompt_tokens, whole.usage.completion_tokens)
-            return
-        per_model = transcript.tokens_by_model()
-        prompt_tokens = job.features.prompt_tokens if resumed_prompt_tokens is None else resumed_prompt_tokens
-        outcome.usage.prompt_tokens = prompt_tokens
-        outcome.usage.completion_tokens = sum(tokens for _, tokens in per_model)
-        outcome.cost = served.price(prompt_tokens, 0) + sum(
-            model.price(0, tokens) for model, tokens in per_model
-        )
+            outcome.charges = [(served, whole.usage.prompt_tokens, whole.usage.completion_tokens)]
+        else:
+            per_model = transcript.tokens_by_model()
+            prompt_tokens = (
+                job.features.prompt_tokens if resumed_prompt_tokens is None else resumed_prompt_tokens
+            )
+            outcome.usage.prompt_tokens = prompt_tokens
+            outcome.usage.completion_tokens = sum(tokens for _, tokens in per_model)
+            outcome.charges = [(served, prompt_tokens, 0)]
+            outcome.charges += [(model, 0, tokens) for model, tokens in per_model]
+        outcome.cost = sum(model.price(prompt, completion) for model, prompt, completion in outcome.charges)
+
+
+def bill_what_was_sent(job: Job, outcome: Outcome) -> None:
+    """Usage of a stream that ended early (cancelled, past its deadline, failed after output): the
+    completion tokens the caller was sent, each at the model that produced it, and the prompt as the
+    router estimated it (the engine's exact count comes only with its finish). Nothing when nothing
+    was sent: a request is never billed for output its caller did not get."""
+    if len(outcome.transcript):
+        Dispatcher._settle(job, outcome, outcome.transcript, None, None)
 
 
 def display_name(model: ResolvedModel) -> str:
