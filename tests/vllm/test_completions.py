@@ -140,6 +140,16 @@ async def test_logit_bias_forces_a_token(engine: EngineClient):
     assert result.choices[0].token_ids == [42, 42, 42, 42]
 
 
+async def test_special_tokens_are_shown_only_when_asked(engine: EngineClient, backend):
+    im_start = backend._engine().renderer.get_tokenizer().convert_tokens_to_ids("<|im_start|>")
+    forced = {"prompt": PROMPT, "max_tokens": 2, "logit_bias": {im_start: 100.0}, "ignore_eos": True}
+    hidden = await engine.generate(**forced)
+    shown = await engine.generate(**forced, skip_special_tokens=False)
+    assert hidden.choices[0].token_ids == shown.choices[0].token_ids == [im_start, im_start]
+    assert hidden.text == ""
+    assert shown.text == "<|im_start|><|im_start|>"
+
+
 async def test_echo_with_logprobs_scores_the_prompt(engine: EngineClient, backend):
     tokenizer = backend._engine().renderer.get_tokenizer()
     prompt_ids = tokenizer.encode(PROMPT)
