@@ -1,6 +1,7 @@
 """EngineServicer: the gRPC face of one GenerationBackend. Thin by design: it names the request,
-hands it to the backend and passes the events on; the interceptor (services.common.grpc_server) maps
-the backend's typed errors to statuses, and gRPC itself ends a call whose deadline passed."""
+hands it to the backend and passes the events on, merging the deltas that pile up while the stream
+is busy sending (services.engine.coalesce); the interceptor (services.common.grpc_server) maps the
+backend's typed errors to statuses, and gRPC itself ends a call whose deadline passed."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from google.protobuf import text_format
 
 from services.common.errors import EngineUnavailableError
 from services.engine.backends.base import GenerationBackend
+from services.engine.coalesce import coalesce_deltas
 from switchyard.engine.v1 import engine_service_pb2 as engine_pb2
 from switchyard.engine.v1 import engine_service_pb2_grpc as engine_pb2_grpc
 from switchyard.inference.v1 import inference_pb2
@@ -62,7 +64,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         streamed_tokens = 0
         usage = inference_pb2.Usage()
         try:
-            async with contextlib.aclosing(self._backend.generate(request)) as events:
+            async with contextlib.aclosing(coalesce_deltas(self._backend.generate(request))) as events:
                 async for event in events:
                     delta = event.delta
                     streamed_tokens += len(delta.token_ids)

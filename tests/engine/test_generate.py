@@ -233,7 +233,8 @@ async def test_named_tool_choice_streams_a_tool_call(engine: EngineClient):
     assert choice.text == ""
     first, *rest = choice.tool_calls
     assert first.id.startswith("call_") and first.function_name == "get_weather"
-    assert rest and all(not piece.HasField("id") and not piece.HasField("function_name") for piece in rest)
+    # Pieces after the first continue the call (how many there are depends on how the stream batched).
+    assert all(not piece.HasField("id") and not piece.HasField("function_name") for piece in rest)
     arguments = json.loads("".join(piece.function_arguments for piece in choice.tool_calls))
     jsonschema.validate(arguments, json.loads(WEATHER_TOOL.parameters_json))
     assert arguments == {"city": "", "days": 1, "unit": "celsius"}
