@@ -61,7 +61,7 @@ async def test_chat_is_rendered_with_the_model_template(engine: EngineClient, ba
         ("user", "And which one parses JSON?"),
     ]
     result = await engine.generate(request(chat=chat(*messages), max_tokens=4, ignore_eos=True))
-    tokenizer = backend._engine().renderer.get_tokenizer()
+    tokenizer = backend.llm.renderer.get_tokenizer()
     rendered = tokenizer.apply_chat_template(
         [{"role": role, "content": content} for role, content in messages],
         add_generation_prompt=True,

@@ -41,7 +41,7 @@ async def test_stream_has_one_finish_per_choice_then_usage(engine: EngineClient)
 
 
 async def test_prompt_tokens_count_the_tokenized_prompt(engine: EngineClient, backend):
-    tokenizer = backend._engine().renderer.get_tokenizer()
+    tokenizer = backend.llm.renderer.get_tokenizer()
     result = await engine.generate(prompt=PROMPT, max_tokens=1)
     assert result.usage.prompt_tokens == len(tokenizer.encode(PROMPT))
 
@@ -141,7 +141,7 @@ async def test_logit_bias_forces_a_token(engine: EngineClient):
 
 
 async def test_special_tokens_are_shown_only_when_asked(engine: EngineClient, backend):
-    im_start = backend._engine().renderer.get_tokenizer().convert_tokens_to_ids("<|im_start|>")
+    im_start = backend.llm.renderer.get_tokenizer().convert_tokens_to_ids("<|im_start|>")
     forced = {"prompt": PROMPT, "max_tokens": 2, "logit_bias": {im_start: 100.0}, "ignore_eos": True}
     hidden = await engine.generate(**forced)
     shown = await engine.generate(**forced, skip_special_tokens=False)
@@ -151,7 +151,7 @@ async def test_special_tokens_are_shown_only_when_asked(engine: EngineClient, ba
 
 
 async def test_echo_with_logprobs_scores_the_prompt(engine: EngineClient, backend):
-    tokenizer = backend._engine().renderer.get_tokenizer()
+    tokenizer = backend.llm.renderer.get_tokenizer()
     prompt_ids = tokenizer.encode(PROMPT)
     result = await engine.generate(prompt=PROMPT, max_tokens=0, echo=True, logprobs=2)
     choice = result.choices[0]

@@ -26,7 +26,7 @@ async def test_dead_engine_core_means_unavailable_and_not_serving():
         call = engine.stub.Generate(request("Count", max_tokens=900, ignore_eos=True))
         await anext(aiter(call))
 
-        (engine_core,) = backend._engine().engine_core.resources.engine_manager.processes
+        (engine_core,) = backend.llm.engine_core.resources.engine_manager.processes
         os.kill(engine_core.pid, signal.SIGKILL)
 
         # The call in flight ends with an error instead of hanging (the bound is a safety net).

@@ -22,7 +22,7 @@ ENDLESS = {"max_tokens": 900, "ignore_eos": True}
 
 
 async def test_closing_the_stream_aborts_the_request_in_vllm(backend: VllmBackend):
-    llm = backend._engine()
+    llm = backend.llm
     async with contextlib.aclosing(backend.generate(request("Count", **ENDLESS))) as events:
         first = await anext(events)
         assert first.delta.token_ids
@@ -34,11 +34,11 @@ async def test_closing_the_stream_aborts_the_request_in_vllm(backend: VllmBacken
 async def test_cancelled_grpc_call_aborts_the_request_in_vllm(engine: EngineClient, backend: VllmBackend):
     call = engine.stub.Generate(request("Count", n=2, **ENDLESS))
     await anext(aiter(call))
-    assert backend._engine().get_num_unfinished_requests() == 2
+    assert backend.llm.get_num_unfinished_requests() == 2
     call.cancel()
     load = await engine.wait_for_load(lambda load: load.running_requests == 0)
     assert load.running_requests == 0
-    assert backend._engine().get_num_unfinished_requests() == 0
+    assert backend.llm.get_num_unfinished_requests() == 0
 
 
 async def test_deadline_aborts_the_request_in_vllm(engine: EngineClient, backend: VllmBackend):
@@ -49,7 +49,7 @@ async def test_deadline_aborts_the_request_in_vllm(engine: EngineClient, backend
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     load = await engine.wait_for_load(lambda load: load.running_requests == 0)
     assert load.running_requests == 0
-    assert backend._engine().get_num_unfinished_requests() == 0
+    assert backend.llm.get_num_unfinished_requests() == 0
 
 
 async def test_load_counts_running_requests(engine: EngineClient):

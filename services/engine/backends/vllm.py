@@ -49,7 +49,7 @@ from services.common.errors import (
 from services.engine.backends.vllm_chat import ChatRenderer, chat_completion_request
 from services.engine.backends.vllm_config import VllmSettings
 from services.engine.backends.vllm_load import LoadTracker
-from services.engine.backends.vllm_outputs import ChoiceStream, ToolCalling, best_candidates, echo_delta
+from services.engine.backends.vllm_outputs import ChatParsing, ChoiceStream, best_candidates, echo_delta
 from services.engine.backends.vllm_sampling import vllm_sampling_params
 from services.engine.tiny_model import ensure_tiny_model
 from switchyard.engine.v1 import engine_service_pb2 as engine_pb2
@@ -74,7 +74,7 @@ class _Prepared:
     # More candidates than choices: rank them once complete (FINAL_ONLY outputs).
     best_of: bool
     # How each choice's output is parsed (chat with tools or reasoning), else None.
-    tool_calling: ToolCalling | None = None
+    chat_parsing: ChatParsing | None = None
     # Echo: the prompt text to return first; None without echo.
     echo_text: str | None = None
     # Echo with max_tokens 0: the prompt only, no completion.
@@ -92,6 +92,11 @@ class VllmBackend:
         self._load: LoadTracker | None = None
         self._loras: dict[str, LoRARequest] = {}
         self._model_defaults: dict[str, Any] = {}
+
+    @property
+    def llm(self) -> AsyncLLM:
+        """The running engine (diagnostics and tests); EngineUnavailableError when there is none."""
+        return self._engine()
 
     async def start(self) -> None:
         settings = self._settings
@@ -191,7 +196,7 @@ class VllmBackend:
         choices = [self._choice_stream(prepared, index) for index in range(prepared.n)]
         if prepared.echo_text is not None:
             for index in range(prepared.n):
-                yield _delta(self._echo(prepared, first, index))
+                yield self._echo(prepared, first, index)
         cached_tokens = first.num_cached_tokens or 0
         result: RequestOutput | None = first
         while result is not None:
@@ -199,15 +204,11 @@ class VllmBackend:
                 choice = choices[output.index]
                 if prepared.prompt_only:
                     if output.finish_reason is not None:
-                        yield _delta(
-                            inference_pb2.TokenDelta(
-                                index=output.index, finish_reason=inference_pb2.FINISH_REASON_LENGTH
-                            )
-                        )
+                        yield choice.finish_only()
                     continue
-                delta = choice.delta(output)
-                if delta is not None:
-                    yield _delta(delta)
+                event = choice.event(output)
+                if event is not None:
+                    yield event
             cached_tokens = max(cached_tokens, result.num_cached_tokens or 0)
             result = await anext(outputs, None)
         yield _finished(prepared, sum(c.tokens for c in choices), cached_tokens)
@@ -220,10 +221,10 @@ class VllmBackend:
             final = result
         for index, candidate in enumerate(best_candidates(final.outputs, prepared.n)):
             if prepared.echo_text is not None:
-                yield _delta(self._echo(prepared, first, index))
-            delta = self._choice_stream(prepared, index).delta(candidate)
-            if delta is not None:
-                yield _delta(delta)
+                yield self._echo(prepared, first, index)
+            event = self._choice_stream(prepared, index).event(candidate)
+            if event is not None:
+                yield event
         generated = sum(len(candidate.token_ids) for candidate in final.outputs)
         yield _finished(prepared, generated, final.num_cached_tokens or 0)
 
@@ -260,7 +261,7 @@ class VllmBackend:
             n=max(sampling.n, 1),
             top_logprobs=_top_logprobs(sampling),
             best_of=_candidates(sampling) > max(sampling.n, 1),
-            tool_calling=ToolCalling(request) if self._chat.needs_parser(request) else None,
+            chat_parsing=ChatParsing(request) if self._chat.needs_parser(request) else None,
         )
 
     async def _prepare_completion(
@@ -283,19 +284,19 @@ class VllmBackend:
         (engine_input,) = await llm.renderer.render_cmpl_async([prompt], tokenize)
         prompt_token_ids = list(engine_input["prompt_token_ids"])
         prompt_only = sampling.echo and sampling.HasField("max_tokens") and sampling.max_tokens == 0
-        # Without a completion every candidate is the same: best_of has nothing to choose from.
-        candidates = max(sampling.n, 1) if prompt_only else _candidates(sampling)
+        if prompt_only:
+            # One step scores the prompt; its token is not returned, and with no completion every
+            # best_of candidate would be the same.
+            max_tokens, candidates = 1, max(sampling.n, 1)
+        else:
+            max_tokens = self._max_tokens(sampling, len(prompt_token_ids), param="prompt")
+            candidates = _candidates(sampling)
         params = vllm_sampling_params(
             sampling,
-            # Echo without a completion still runs one step: that is what scores the prompt.
-            max_tokens=1
-            if prompt_only
-            else self._max_tokens(sampling, len(prompt_token_ids), param="prompt"),
+            max_tokens=max_tokens,
             model_defaults=self._model_defaults,
             candidates=candidates,
-            skip_special_tokens=sampling.skip_special_tokens
-            if sampling.HasField("skip_special_tokens")
-            else True,
+            skip_special_tokens=not sampling.HasField("skip_special_tokens") or sampling.skip_special_tokens,
         )
         return _Prepared(
             engine_input=engine_input,
@@ -330,19 +331,19 @@ class VllmBackend:
         return sampling.max_tokens
 
     def _choice_stream(self, prepared: _Prepared, index: int) -> ChoiceStream:
-        tools = prepared.tool_calling
-        if tools is None:
+        chat = prepared.chat_parsing
+        if chat is None:
             return ChoiceStream(index, top_logprobs=prepared.top_logprobs)
         assert self._chat is not None
         return ChoiceStream(
             index,
             top_logprobs=prepared.top_logprobs,
-            parser=self._chat.new_parser(tools.request),
-            tools=tools,
+            parser=self._chat.new_parser(chat.request),
+            chat=chat,
             prompt_token_ids=prepared.prompt_token_ids,
         )
 
-    def _echo(self, prepared: _Prepared, first: RequestOutput, index: int) -> inference_pb2.TokenDelta:
+    def _echo(self, prepared: _Prepared, first: RequestOutput, index: int) -> engine_pb2.GenerateResponse:
         assert prepared.echo_text is not None
         first_token = self._engine().renderer.get_tokenizer().decode(prepared.prompt_token_ids[:1])
         return echo_delta(
@@ -375,10 +376,6 @@ def _candidates(sampling: inference_pb2.SamplingParams) -> int:
 
 def _top_logprobs(sampling: inference_pb2.SamplingParams) -> int | None:
     return sampling.logprobs if sampling.HasField("logprobs") else None
-
-
-def _delta(delta: inference_pb2.TokenDelta) -> engine_pb2.GenerateResponse:
-    return engine_pb2.GenerateResponse(delta=delta)
 
 
 def _finished(prepared: _Prepared, completion_tokens: int, cached_tokens: int) -> engine_pb2.GenerateResponse:

@@ -96,9 +96,7 @@ def chat_completion_request(
     body: dict[str, Any] = {
         "messages": [_message(m) for m in chat.messages],
         # What the parser may turn off for tool markup the tokenizer marks as special.
-        "skip_special_tokens": sampling.skip_special_tokens
-        if sampling.HasField("skip_special_tokens")
-        else True,
+        "skip_special_tokens": not sampling.HasField("skip_special_tokens") or sampling.skip_special_tokens,
     }
     if sampling.HasField("max_tokens"):
         body["max_completion_tokens"] = sampling.max_tokens

@@ -1,5 +1,5 @@
-"""vLLM's outputs as the contract's TokenDeltas: the per-token path, so it builds the proto messages
-directly from vLLM's objects, with no intermediate models.
+"""vLLM's outputs as the contract's Generate events. This is the per-token path: each event is
+filled in place from vLLM's objects, with no intermediate models and no message copies.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from vllm.outputs import CompletionOutput
 from vllm.parser import Parser
 
 from services.common.errors import EngineUnavailableError
+from switchyard.engine.v1 import engine_service_pb2 as engine_pb2
 from switchyard.inference.v1 import inference_pb2
 
 _FINISH_REASONS = {
@@ -28,8 +29,9 @@ _MIN_LOGPROB = -9999.0
 PositionLogprobs = dict[int, Logprob]
 
 
-class ToolCalling:
-    """How one chat's output is parsed: the request the parser reads, and how calls finish."""
+class ChatParsing:
+    """How one chat's output is parsed (tool calls, reasoning): the request vLLM's parser reads, and
+    how tool calls finish."""
 
     __slots__ = ("named_choice", "request", "single_call")
 
@@ -41,14 +43,14 @@ class ToolCalling:
 
 
 class ChoiceStream:
-    """One choice's deltas. `delta()` takes each vLLM output of this choice in order (DELTA kind:
-    new tokens and text only) and returns the TokenDelta to send, or None when there is nothing."""
+    """One choice's deltas. `event()` takes each vLLM output of this choice in order (DELTA kind:
+    new tokens and text only) and returns the event to send, or None when there is nothing new."""
 
     __slots__ = (
         "_called_tools",
+        "_chat",
         "_parser",
         "_prompt_token_ids",
-        "_tools",
         "_top_logprobs",
         "index",
         "tokens",
@@ -60,24 +62,27 @@ class ChoiceStream:
         *,
         top_logprobs: int | None,
         parser: Parser | None = None,
-        tools: ToolCalling | None = None,
+        chat: ChatParsing | None = None,
         prompt_token_ids: list[int] | None = None,
     ) -> None:
         self.index = index
         self.tokens = 0
         self._top_logprobs = top_logprobs
         self._parser = parser
-        self._tools = tools
+        self._chat = chat
         self._prompt_token_ids = prompt_token_ids
         self._called_tools = False
 
-    def delta(self, output: CompletionOutput) -> inference_pb2.TokenDelta | None:
+    def event(self, output: CompletionOutput) -> engine_pb2.GenerateResponse | None:
         token_ids = output.token_ids
         finish = output.finish_reason
         if not token_ids and not output.text and finish is None:
             return None
         self.tokens += len(token_ids)
-        delta = inference_pb2.TokenDelta(index=self.index, token_ids=token_ids)
+        event = engine_pb2.GenerateResponse()
+        delta = event.delta
+        delta.index = self.index
+        delta.token_ids.extend(token_ids)
         if self._parser is None:
             delta.text = output.text
         else:
@@ -88,16 +93,24 @@ class ChoiceStream:
             delta.finish_reason = self._finish_reason(finish)
             if isinstance(output.stop_reason, str):
                 delta.stop_reason = output.stop_reason
-        return delta
+        return event
+
+    def finish_only(self) -> engine_pb2.GenerateResponse:
+        """This choice's end with nothing in it: echo with max_tokens 0, where the one token
+        generated to score the prompt is not returned."""
+        event = engine_pb2.GenerateResponse()
+        event.delta.index = self.index
+        event.delta.finish_reason = inference_pb2.FINISH_REASON_LENGTH
+        return event
 
     def _parse_into(
         self, delta: inference_pb2.TokenDelta, text: str, token_ids: list[int], *, finished: bool
     ) -> None:
-        assert self._parser is not None and self._tools is not None
+        assert self._parser is not None and self._chat is not None
         message = self._parser.parse_delta(
             delta_text=text,
             delta_token_ids=token_ids,
-            request=self._tools.request,
+            request=self._chat.request,
             # Read once, on the first delta, to see whether the prompt already closed reasoning.
             prompt_token_ids=self._prompt_token_ids,
             finished=finished,
@@ -110,7 +123,7 @@ class ChoiceStream:
         if message.reasoning:
             delta.reasoning = message.reasoning
         for call in message.tool_calls:
-            if self._tools.single_call and call.index > 0:
+            if self._chat.single_call and call.index > 0:
                 continue  # parallel_tool_calls=false: the first call only, as vLLM's server does
             self._called_tools = True
             out = delta.tool_calls.add(index=call.index)
@@ -127,7 +140,7 @@ class ChoiceStream:
             # "abort" (the engine dropped the request) or "error" (a retryable failure, such as a
             # KV-cache load): another replica may well succeed.
             raise EngineUnavailableError(f"the engine ended the generation early ({finish})")
-        if reason == inference_pb2.FINISH_REASON_STOP and self._called_tools and not self._tools.named_choice:
+        if reason == inference_pb2.FINISH_REASON_STOP and self._called_tools and not self._chat.named_choice:
             return inference_pb2.FINISH_REASON_TOOL_CALLS
         return reason
 
@@ -173,16 +186,19 @@ def echo_delta(
     prompt_logprobs: Sequence[PositionLogprobs | None] | None,
     top: int | None,
     first_token: str,
-) -> inference_pb2.TokenDelta:
+) -> engine_pb2.GenerateResponse:
     """The prompt as a choice's first delta (echo). Its token ids stay out of `token_ids`, which
     count generated tokens; the logprobs name them. `first_token` is the text of the first prompt
     token, which has no logprob and therefore no decoded text from vLLM."""
-    delta = inference_pb2.TokenDelta(index=index, text=prompt_text)
+    event = engine_pb2.GenerateResponse()
+    delta = event.delta
+    delta.index = index
+    delta.text = prompt_text
     if top is not None and prompt_logprobs:
         delta.logprobs.extend(token_logprobs(prompt_token_ids, prompt_logprobs, top))
         delta.logprobs[0].token = first_token
         delta.logprobs[0].bytes = first_token.encode()
-    return delta
+    return event
 
 
 def best_candidates(candidates: Sequence[CompletionOutput], n: int) -> list[CompletionOutput]:
