@@ -40,18 +40,21 @@ def build_breakdown(
     outcome: Outcome,
     *,
     reveal: bool,
+    cost: float,
+    cached: bool,
     received_at: float,
     finished_at: float,
     timestamp: float,
     routing_time: float,
 ) -> router_pb2.RequestBreakdown:
-    """`received_at`/`finished_at` are time.perf_counter() readings; `timestamp` is wall-clock time."""
+    """`cost`: the credits billed (what a cache hit costs, not what the engine would have);
+    `received_at`/`finished_at` are time.perf_counter() readings; `timestamp` is wall-clock time."""
     served = outcome.model
     breakdown = router_pb2.RequestBreakdown(
         prompt_tokens=outcome.usage.prompt_tokens,
         completion_tokens=outcome.usage.completion_tokens,
         cached_tokens=outcome.usage.cached_tokens,
-        cost=outcome.cost,
+        cost=cost,
         model=(display_name(served) if reveal else REDACTED) if served is not None else "",
         provider=(served.entry.provider if reveal else REDACTED) if served is not None else "",
         category=decision.score.category,
@@ -63,7 +66,7 @@ def build_breakdown(
         time_to_first_token=(outcome.first_output_at - received_at) if outcome.first_output_at else 0.0,
         attempts=outcome.attempts,
         fallbacks_used=outcome.fallbacks_used if reveal else [REDACTED] * len(outcome.fallbacks_used),
-        cached=False,
+        cached=cached,
         status_code=_STATUS_OK,
         stream=request.stream,
     )

@@ -69,6 +69,10 @@ class Transcript:
         for raw in self._events[start:end]:
             yield router_pb2.GenerateResponse.FromString(raw).delta
 
+    def deltas(self) -> list[inference_pb2.TokenDelta]:
+        """Every delta sent, parsed (for the response cache and the request log)."""
+        return list(self._deltas())
+
     def choices(self) -> dict[int, ChoiceProgress]:
         progress: dict[int, ChoiceProgress] = {}
         for delta in self._deltas():

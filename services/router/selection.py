@@ -16,13 +16,16 @@ The rule (the thresholds are `SelectionSettings`):
   (< 0.5); an ineligible one 0 and its reason.
 - Generation tries the first-ranked model, then `fallback_models` in order (which `exclude_*` do not
   affect; ones that cannot serve the request are skipped), then the other candidates by rank.
+- The caller's API key may be limited to some models (`may_use`): an explicit model outside them is
+  PERMISSION_DENIED; other models outside them are never candidates nor fallbacks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.common.errors import NoEligibleModelError
+from services.common.errors import NoEligibleModelError, PermissionDeniedError
 from services.router.features import RequestFeatures
 from services.router.registry import ModelEntry, Registry, ResolvedModel
 from services.router.scoring import Score
@@ -30,6 +33,13 @@ from services.router.settings import SelectionSettings
 from switchyard.router.v1 import router_service_pb2 as router_pb2
 
 AUTO_MODEL = "auto"
+NOT_ALLOWED = "not allowed for this API key"
+
+
+def any_model(model_id: str) -> bool:
+    """The `may_use` of a caller whose key is not limited to some models."""
+    return True
+
 
 _PREFERENCE_NAMES = {
     router_pb2.ROUTER_PREFERENCE_UNSPECIFIED: "balanced",
@@ -101,18 +111,29 @@ def select_models(
     model: str,
     routing: router_pb2.RoutingOptions,
     settings: SelectionSettings,
+    may_use: Callable[[str], bool] = any_model,
 ) -> Selection:
-    """Candidates, ranking and plan for one request (see the module docstring). Raises
-    ModelNotFoundError for a name the registry lacks, NoEligibleModelError when nothing can serve."""
+    """Candidates, ranking and plan for one request (see the module docstring). `may_use` tells
+    which model ids the caller's key may use. Raises ModelNotFoundError for a name the registry
+    lacks, PermissionDeniedError for an explicit model the key may not use, NoEligibleModelError
+    when nothing can serve."""
     preference = preference_name(routing.preference)
     need = settings.quality_needed(preference, score.difficulty)
-    fallbacks = [registry.resolve(name) for name in routing.fallback_models]
+    fallbacks = [
+        resolved
+        for resolved in (registry.resolve(name) for name in routing.fallback_models)
+        if may_use(resolved.entry.id)
+    ]
 
     explicit_name = model if model and model != AUTO_MODEL else ""
     if not explicit_name and len(routing.models) == 1:
         explicit_name = routing.models[0]
     if explicit_name:
         resolved = registry.resolve(explicit_name)
+        if not may_use(resolved.entry.id):
+            raise PermissionDeniedError(
+                f"This API key may not use the model '{explicit_name}'.", metadata={"param": "model"}
+            )
         reason = incapability(resolved.entry, features)
         if reason:
             raise NoEligibleModelError(
@@ -136,7 +157,9 @@ def select_models(
     ineligible: list[Candidate] = []
     for resolved in pool:
         entry = resolved.entry
-        if entry.id in excluded_models:
+        if not may_use(entry.id):
+            reason = NOT_ALLOWED
+        elif entry.id in excluded_models:
             reason = "excluded by exclude_models"
         elif entry.provider in excluded_providers:
             reason = f"provider '{entry.provider}' excluded by exclude_providers"

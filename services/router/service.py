@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Protocol
 
 import grpc
 
+from services.common.errors import PermissionDeniedError
+from services.router.accounting import Principal
 from services.router.breakdown import build_breakdown, candidate_scores
 from services.router.decision import Decision, decide
-from services.router.dispatch import Dispatcher, Job, Outcome, display_name, serialize_generate_response
-from services.router.redaction import REDACTED, RevealPolicy
+from services.router.dispatch import (
+    Dispatcher,
+    Job,
+    Outcome,
+    bill_what_was_sent,
+    display_name,
+    serialize_generate_response,
+)
+from services.router.metering import Metering, replay
+from services.router.redaction import REDACTED
 from services.router.registry import ModelEntry, Registry
 from services.router.replicas import ReplicaChooser
 from services.router.scoring import HeuristicScorer, Scorer
@@ -29,13 +38,6 @@ class RegistrySource(Protocol):
     """Where the registry in force comes from (services.router.registry.RegistryFile)."""
 
     current: Registry
-
-
-def _header(context: grpc.aio.ServicerContext, name: str) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == name and isinstance(value, str):
-            return value
-    return ""
 
 
 def model_message(registry: Registry, entry: ModelEntry) -> router_pb2.Model:
@@ -64,25 +66,29 @@ class RouterServicer:
         registry: RegistrySource,
         chooser: ReplicaChooser,
         dispatcher: Dispatcher,
+        metering: Metering,
         scorer: Scorer | None = None,
     ) -> None:
         self._settings = settings
         self._registry = registry
         self._chooser = chooser
         self._dispatcher = dispatcher
+        self._metering = metering
         self._scorer = scorer or HeuristicScorer()
-        self._reveal = RevealPolicy(settings.reveal_model_names, settings.reveal_key_hashes)
 
-    def _decide(self, request: router_pb2.GenerateRequest) -> Decision:
-        return decide(self._registry.current, request, self._scorer, self._settings.selection)
+    def _decide(self, request: router_pb2.GenerateRequest, principal: Principal) -> Decision:
+        return decide(
+            self._registry.current, request, self._scorer, self._settings.selection, principal.may_use
+        )
 
     async def Route(
         self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.RouteResponse:
         started = time.perf_counter()
+        principal = await self._metering.authenticate(context.invocation_metadata())
+        reveal = self._metering.reveals(principal)
         inner = request.request
-        decision = self._decide(inner)
-        reveal = self._reveal.reveals(context.invocation_metadata())
+        decision = self._decide(inner, principal)
         response = router_pb2.RouteResponse(
             category=decision.score.category,
             difficulty=decision.score.difficulty,
@@ -103,23 +109,37 @@ class RouterServicer:
     async def Generate(
         self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes | router_pb2.GenerateResponse]:
-        received_at, timestamp = time.perf_counter(), time.time()
-        request_id = request.request_id or _header(context, "x-request-id") or uuid.uuid4().hex
-        reveal = self._reveal.reveals(context.invocation_metadata())
-        decision = self._decide(request)
-        routing_time = time.perf_counter() - received_at
-        job = Job(
-            request_id=request_id,
-            generation=request.input,
-            features=decision.features,
-            plan=decision.selection.plan,
-            customer=request.customer_identifier,
-            reveal=reveal,
-            time_remaining=context.time_remaining,
-        )
+        metered = await self._metering.begin(request, context)
+        received_at = metered.received_at
         outcome = Outcome()
-        async for event in self._dispatcher.stream(job, outcome):
-            yield event
+        job: Job | None = None
+        try:
+            decision = self._decide(request, metered.principal)
+            routing_time = time.perf_counter() - received_at
+            plan, cached = await metered.admit(decision, routing_time)
+            if metered.rate_limit_headers:
+                await context.send_initial_metadata(metered.rate_limit_headers)
+            if cached is not None:
+                events = replay(cached, plan[0], metered.reveal, outcome)
+            else:
+                job = Job(
+                    request_id=metered.request_id,
+                    generation=request.input,
+                    features=decision.features,
+                    plan=plan,
+                    customer=request.customer_identifier,
+                    reveal=metered.reveal,
+                    time_remaining=context.time_remaining,
+                )
+                events = self._dispatcher.stream(job, outcome)
+            async for event in events:
+                yield event
+        except BaseException as error:
+            if job is not None:
+                bill_what_was_sent(job, outcome)
+            await metered.finish(outcome, error)
+            raise
+        cost = await metered.finish(outcome)
 
         finished = router_pb2.GenerateFinished(usage=outcome.usage)
         finished_at = time.perf_counter()
@@ -129,26 +149,29 @@ class RouterServicer:
                     request,
                     decision,
                     outcome,
-                    reveal=reveal,
+                    reveal=metered.reveal,
+                    cost=cost,
+                    cached=cached is not None,
                     received_at=received_at,
                     finished_at=finished_at,
-                    timestamp=timestamp,
+                    timestamp=metered.timestamp,
                     routing_time=routing_time,
                 )
             )
         logger.info(
-            "request %s: %s on %s, %s difficulty %.2f, %d attempt(s), %d resumed, "
+            "request %s: %s on %s, %s difficulty %.2f, %d attempt(s), %d resumed, %s"
             "%d prompt + %d completion tokens, %.6g credits, first output %.1f ms, %.1f ms",
-            request_id,
+            metered.request_id,
             outcome.model.entry.id if outcome.model else "-",
             outcome.replica or "-",
             decision.score.category,
             decision.score.difficulty,
             outcome.attempts,
             outcome.resumed,
+            "from the response cache, " if cached is not None else "",
             outcome.usage.prompt_tokens,
             outcome.usage.completion_tokens,
-            outcome.cost,
+            cost,
             ((outcome.first_output_at or finished_at) - received_at) * 1000,
             (finished_at - received_at) * 1000,
         )
@@ -157,16 +180,24 @@ class RouterServicer:
     async def ListModels(
         self, request: router_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ListModelsResponse:
+        """The models the caller's key may use."""
+        principal = await self._metering.authenticate(context.invocation_metadata())
         registry = self._registry.current
         return router_pb2.ListModelsResponse(
-            models=[model_message(registry, entry) for entry in registry.models]
+            models=[
+                model_message(registry, entry) for entry in registry.models if principal.may_use(entry.id)
+            ]
         )
 
     async def GetModel(
         self, request: router_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.GetModelResponse:
+        principal = await self._metering.authenticate(context.invocation_metadata())
         registry = self._registry.current
-        return router_pb2.GetModelResponse(model=model_message(registry, registry.resolve(request.id).entry))
+        entry = registry.resolve(request.id).entry
+        if not principal.may_use(entry.id):
+            raise PermissionDeniedError(f"This API key may not use the model '{request.id}'.")
+        return router_pb2.GetModelResponse(model=model_message(registry, entry))
 
 
 def add_to_server(servicer: RouterServicer, server: grpc.aio.Server) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.router.accounting.settings import AccountingSettings
 
 # The embedded registry `switchyard up` serves: one model on one local engine, both injectable by env.
 DEFAULT_REGISTRY_PATH = Path(__file__).resolve().parents[2] / "deploy" / "local" / "models.yaml"
@@ -92,13 +94,28 @@ class RouterSettings(BaseSettings):
     # The registry file is re-read when its mtime, size or inode changes, checked this often (seconds;
     # 0 disables). Polling works for an edited file and for a Kubernetes ConfigMap swap alike.
     registry_poll_interval: float = Field(default=2.0, ge=0)
-    # Name the real model in responses to everyone; otherwise only to the keys listed below.
+    # Name the real model in responses (and usage, and the request log) to everyone; otherwise only
+    # to keys made with reveal_model_names (switchyard keys create --reveal-model-names).
     reveal_model_names: bool = False
-    # sha256 hex digests of API keys allowed to see real model names (JSON list in the environment).
-    reveal_key_hashes: set[str] = Field(default_factory=set)
+    # Retired: keys that see model names are now a property of the key in the accounting database.
+    # Declared only so that a deployment still setting it fails at start, saying so, instead of
+    # silently redacting names for the keys it listed.
+    reveal_key_hashes: None = Field(default=None, exclude=True)
+    accounting: AccountingSettings = Field(default_factory=AccountingSettings)
     selection: SelectionSettings = SelectionSettings()
     retry: RetrySettings = RetrySettings()
     replicas: ReplicaSettings = ReplicaSettings()
     drain_grace_seconds: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
     log_json: bool = False
+
+    @field_validator("reveal_key_hashes", mode="before")
+    @classmethod
+    def _reveal_key_hashes_is_retired(cls, value: object) -> None:
+        if value is None:
+            return None
+        raise ValueError(
+            "SWITCHYARD_ROUTER_REVEAL_KEY_HASHES is no longer read: give the keys that may see model "
+            "names reveal_model_names instead (switchyard keys create --reveal-model-names), or set "
+            "SWITCHYARD_ROUTER_REVEAL_MODEL_NAMES=true for everyone"
+        )

@@ -87,6 +87,8 @@ def test_ensure_api_key_makes_an_ample_admin_key_once(database_url, capsys):
     rows = [row for row in out.splitlines() if row.startswith("key_")]
     assert len(rows) == 1
     assert f"{AMPLE_CREDITS:.6f}" in rows[0] and "admin" in rows[0]
+    # Model names stay redacted for it, as the seeds' routers answer by default.
+    assert "reveal-names" not in rows[0]
 
 
 def test_the_switchyard_command_has_the_keys_subcommands(database_url, capsys):

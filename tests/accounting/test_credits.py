@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from services.common.errors import InsufficientQuotaError, InvalidApiKeyError, PermissionDeniedError
-from services.router.accounting import FREE, Prices, schema
+from services.router.accounting import FREE, Charge, Prices, schema
 from switchyard.inference.v1 import inference_pb2
 
 from .conftest import assert_exact_ledger, ledger_figures, new_key
@@ -204,6 +204,21 @@ async def test_usage_beyond_the_estimate_is_billed_in_full(accounting):
     await accounting.settle(admission, usage(400, 10))
     figures = await ledger_figures(accounting.database, key_id)
     assert figures["balance"] == 1_000_000_000 - (400 * IN + 10 * OUT)
+    assert_exact_ledger(figures)
+
+
+async def test_usage_from_several_models_is_billed_at_each_models_prices(accounting):
+    # A request held at the dearest model of its plan, served in part by a cheaper one (a stream
+    # resumed elsewhere): each part at its own model's prices, the rest of the hold returned.
+    key_id, secret = await new_key(accounting, credits=1.0)
+    admission = await admit(accounting, secret, prompt=100, max_out=200)
+    half = Prices(input_per_million=500.0, output_per_million=1000.0)
+    settlement = await accounting.settle(
+        admission, usage(100, 30), charges=[Charge(half, 100, 10), Charge(PRICES, 0, 20)]
+    )
+    assert settlement.cost_nanocredits == 100 * IN // 2 + 10 * OUT // 2 + 20 * OUT
+    figures = await ledger_figures(accounting.database, key_id)
+    assert figures["balance"] == 1_000_000_000 - settlement.cost_nanocredits
     assert_exact_ledger(figures)
 
 

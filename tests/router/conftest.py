@@ -169,9 +169,11 @@ async def start_engine(model: str, sim: dict, port: int = 0) -> Engine:
     return Engine(model, backend, server, f"127.0.0.1:{server.port}")
 
 
-# Fast reactions for tests: health re-checked and loads polled often, tiny backoffs.
+# Fast reactions for tests: health re-checked and loads polled often, tiny backoffs. Routing tests
+# run without accounting (no keys needed); test_accounting.py turns it on.
 TEST_ROUTER_SETTINGS = {
     "reveal_model_names": True,
+    "accounting": {"enabled": False},
     "registry_poll_interval": 0,
     "replicas": {"health_retry_interval": 0.05, "load_poll_interval": 0.05},
     "retry": {"backoff_initial": 0.001, "backoff_max": 0.005},

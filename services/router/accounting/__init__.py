@@ -6,7 +6,7 @@ The router servicer uses `Accounting` (see facade.py for the per-request calls);
 
 from services.router.accounting.facade import Accounting, Admission, Settlement, bearer_key
 from services.router.accounting.keys import KeyPolicy, Principal
-from services.router.accounting.pricing import FREE, Prices, max_completion_tokens
+from services.router.accounting.pricing import FREE, Charge, Prices, max_completion_tokens
 from services.router.accounting.request_log import RequestLogEntry
 from services.router.accounting.response_cache import CachedResponse
 from services.router.accounting.settings import AccountingSettings
@@ -17,6 +17,7 @@ __all__ = [
     "AccountingSettings",
     "Admission",
     "CachedResponse",
+    "Charge",
     "KeyPolicy",
     "Prices",
     "Principal",

@@ -76,11 +76,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def ensure_api_key(secret: str, *, database_url: str | None = None, credits: float = AMPLE_CREDITS) -> str:
-    """Makes sure the key `secret` exists, unrevoked, with at least `credits`, as an admin key that
-    sees model names (the operator's own key for `switchyard up --api-key`). Returns its id."""
+    """Makes sure the key `secret` exists, unrevoked, with at least `credits`, as an admin key (the
+    operator's own key for `switchyard up --api-key`: it may read every key's usage and administer
+    keys). Model names stay redacted for it, as for everyone, unless the router reveals them to all
+    (`switchyard up --reveal-model-names`). Returns its id."""
 
     async def ensure(store: KeyStore) -> KeyRecord:
-        policy = KeyPolicy(name="switchyard up", reveal_model_names=True, admin=True)
+        policy = KeyPolicy(name="switchyard up", admin=True)
         return await store.ensure(secret, policy, credits=credits)
 
     return asyncio.run(_with_store(database_url or default_database_url(), ensure)).key_id

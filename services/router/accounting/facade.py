@@ -1,5 +1,5 @@
-"""`Accounting`: the one object the router servicer calls for keys, credits, limits, the request
-log and the response cache. Per request, in order:
+"""`Accounting`: the one object the router calls for keys, credits, limits, the request log and the
+response cache. Per request, in order (services/router/metering.py is the router's use of it):
 
     principal = await accounting.authenticate_metadata(context.invocation_metadata())
     cached = accounting.cache_lookup(principal, model, request.input)     # None on a miss
@@ -10,7 +10,8 @@ log and the response cache. Per request, in order:
     try:
         ... generate (or replay `cached`), counting usage ...
     finally:
-        settlement = await accounting.settle(admission, usage)    # also on error or cancellation
+        # also on error or cancellation; `charges` when several models produced the usage
+        settlement = await accounting.settle(admission, usage, charges=...)
     accounting.cache_store(principal, model, request.input, deltas, usage)   # complete responses only
     accounting.record(RequestLogEntry(..., cost_nanocredits=settlement.cost_nanocredits))
 
@@ -37,7 +38,7 @@ from services.router.accounting import migrations
 from services.router.accounting.credits import CreditLedger, Reservation, unreserved
 from services.router.accounting.database import Database
 from services.router.accounting.keys import KeyStore, Principal, hash_secret
-from services.router.accounting.pricing import Prices, nanocredits_to_credits
+from services.router.accounting.pricing import Charge, Prices, nanocredits_to_credits, total_cost
 from services.router.accounting.queries import RequestLogReader
 from services.router.accounting.rate_limits import RateLimiter, RateLimitTicket
 from services.router.accounting.request_log import RequestLogEntry, RequestLogWriter
@@ -67,7 +68,10 @@ def bearer_key(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
             scheme, _, key = value.partition(" ")
             if scheme.lower() == "bearer" and key.strip():
                 return key.strip()
-    raise InvalidApiKeyError("Missing API key: send 'authorization: Bearer KEY'.")
+    raise InvalidApiKeyError(
+        "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' (an HTTP header, or "
+        "gRPC call metadata)."
+    )
 
 
 @dataclass(slots=True)
@@ -209,18 +213,22 @@ class Accounting:
                 raise
         return Admission(principal, request_id, model, prices, cached, headers, ticket, reservation)
 
-    async def settle(self, admission: Admission, usage: inference_pb2.Usage) -> Settlement:
+    async def settle(
+        self, admission: Admission, usage: inference_pb2.Usage, *, charges: Sequence[Charge] | None = None
+    ) -> Settlement:
         """Bills the usage (also of a failed, cancelled or timed-out request: what was generated is
-        billed) and releases the rest of the hold. Safe to call from `finally` while cancelled: the
-        database work finishes even if the caller does not wait. Settling twice returns the first
-        result."""
+        billed) and releases the rest of the hold. `charges` split the usage by the model that
+        produced it when that is not the admitted model alone (a fallback, a resumed stream);
+        without them the usage is billed at the admission's prices. Safe to call from `finally`
+        while cancelled: the database work finishes even if the caller does not wait. Settling
+        twice returns the first result."""
         if admission._settlement is not None:
             return admission._settlement
         used = usage.prompt_tokens + usage.completion_tokens
         self._limiter.release(admission._ticket, used)
-        cost = admission.prices.cost(
-            usage.prompt_tokens, usage.completion_tokens, self._price_factor(admission.cached)
-        )
+        if charges is None:
+            charges = (Charge(admission.prices, usage.prompt_tokens, usage.completion_tokens),)
+        cost = total_cost(charges, self._price_factor(admission.cached))
         settlement = admission._settlement = Settlement(cost)
         reservation = admission._reservation
         if reservation is None and cost == 0:

@@ -8,6 +8,7 @@ per request, so a reservation is never smaller than the settlement of the same t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 
@@ -54,13 +55,31 @@ class Prices:
 
     def cost(self, prompt_tokens: int, completion_tokens: int, factor: float = 1.0) -> int:
         """Nanocredits for these token counts, times `factor` (a cache hit's price), rounded up."""
-        exact = prompt_tokens * self._input_per_token + completion_tokens * self._output_per_token
-        if factor != 1.0:
-            exact *= _decimal(factor)
-        return int(exact.to_integral_value(ROUND_CEILING))
+        return total_cost([Charge(self, prompt_tokens, completion_tokens)], factor)
+
+    def _exact(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        return prompt_tokens * self._input_per_token + completion_tokens * self._output_per_token
 
 
 FREE = Prices(0.0, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """Tokens billed at one model's prices. A request that more than one model served (a stream
+    resumed on another model) is billed as one charge per model."""
+
+    prices: Prices
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def total_cost(charges: Iterable[Charge], factor: float = 1.0) -> int:
+    """Nanocredits for all the charges of one request, times `factor`, rounded up once."""
+    exact = sum((c.prices._exact(c.prompt_tokens, c.completion_tokens) for c in charges), Decimal(0))
+    if factor != 1.0:
+        exact *= _decimal(factor)
+    return int(exact.to_integral_value(ROUND_CEILING))
 
 
 def max_completion_tokens(sampling: inference_pb2.SamplingParams, default_max_tokens: int) -> int:

@@ -8,6 +8,7 @@ Served by the router next to RouterService:
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import grpc
@@ -114,11 +115,17 @@ def request_record_message(logged: LoggedRequest) -> accounts_pb2.RequestRecord:
 
 
 class AccountsServicer(accounts_grpc.AccountsServiceServicer):
-    def __init__(self, accounting: Accounting) -> None:
+    def __init__(self, accounting: Accounting, *, reveal_model_names: bool = False) -> None:
+        """`reveal_model_names`: the router's global override; every caller then sees real model
+        names here, as in its generation responses."""
         self._accounting = accounting
+        self._reveal_everyone = reveal_model_names
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> Principal:
-        return await self._accounting.authenticate_metadata(context.invocation_metadata())
+        principal = await self._accounting.authenticate_metadata(context.invocation_metadata())
+        if self._reveal_everyone and not principal.reveal_model_names:
+            return dataclasses.replace(principal, reveal_model_names=True)
+        return principal
 
     async def _admin(self, context: grpc.aio.ServicerContext) -> Principal:
         principal = await self._caller(context)

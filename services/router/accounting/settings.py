@@ -32,6 +32,10 @@ class AccountingSettings(BaseModel):
     # A misspelt SWITCHYARD_ROUTER_ACCOUNTING__* variable is an error, not a silent default.
     model_config = ConfigDict(extra="forbid")
 
+    # Off: the router opens no database and serves every caller without a key, bills nothing, logs no
+    # requests and caches no responses. For deployments that authenticate and bill elsewhere, and for
+    # measuring what accounting costs (bench.accounting).
+    enabled: bool = True
     # SQLAlchemy async URL: sqlite+aiosqlite:///path (one router) or postgresql+asyncpg://... (many).
     database_url: str = Field(default_factory=default_database_url)
     # Apply the Alembic migrations (upgrade head) when the router starts.
