@@ -18,6 +18,8 @@ from services.edge.app import create_app
 from services.edge.settings import EdgeSettings, hash_api_key
 from services.engine.server import EngineServer
 from services.engine.settings import EngineSettings
+from services.router.accounting import AccountingSettings, KeyPolicy
+from services.router.accounting.cli import AMPLE_CREDITS
 from services.router.server import RouterServer
 from services.router.settings import RouterSettings
 from switchyard.engine.v1 import engine_service_pb2, engine_service_pb2_grpc
@@ -55,6 +57,10 @@ class Suite:
     fast_engine: EngineServer
     slow_engine: EngineServer
     router: RouterServer
+
+    @property
+    def router_address(self) -> str:
+        return f"127.0.0.1:{self.router.port}"
 
     def client(self, **kw) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=API_KEY, max_retries=0, **kw)
@@ -96,10 +102,14 @@ async def suite(tmp_path_factory) -> AsyncIterator[Suite]:
     )
     await fast.start()
     await slow.start()
-    registry: Path = tmp_path_factory.mktemp("e2e") / "models.yaml"
+    folder: Path = tmp_path_factory.mktemp("e2e")
+    registry = folder / "models.yaml"
     registry.write_text(REGISTRY.format(fast=FAST_MODEL, slow=SLOW_MODEL, fast_port=fast.port, slow_port=slow.port))
-    router = RouterServer(RouterSettings(port=0, registry_path=str(registry)))
+    accounting = AccountingSettings(database_url=f"sqlite+aiosqlite:///{folder / 'state.db'}", instance_name="e2e")
+    router = RouterServer(RouterSettings(port=0, registry_path=str(registry), accounting=accounting))
     await router.start()
+    # The suite's key, made the way `switchyard up` makes its own: an admin key with ample credits.
+    await router.accounting.keys.ensure(API_KEY, KeyPolicy(name="e2e", admin=True), credits=AMPLE_CREDITS)
     edge = create_app(
         EdgeSettings(port=0, router_address=f"127.0.0.1:{router.port}", api_key_hashes=[hash_api_key(API_KEY)])
     )
