@@ -27,7 +27,7 @@ from filelock import FileLock
 logger = logging.getLogger(__name__)
 
 # Bump when anything below changes what gets built: a cached model with another recipe is rebuilt.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 MODEL_DIR_NAME = "tiny-llama"
 _RECIPE_FILE = "switchyard-recipe.json"
 
@@ -45,8 +45,9 @@ BOS_TOKEN = "<|endoftext|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 # The whitespace JSON allows between tokens, as byte-level BPE spells it: space, tab, LF, CR.
 _JSON_WHITESPACE_TOKENS = ("\u0120", "\u0109", "\u010a", "\u010d")
-# Plain added tokens (not "special"): they survive skip_special_tokens, so the tool parser sees them.
-TOOL_CALL_TAGS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
+# Plain added tokens (not "special"): they survive skip_special_tokens, so the parsers see them. The
+# tool-call tags are Hermes'; <think></think> let a reasoning parser (deepseek_r1) run on this model.
+MARKUP_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
 
 # ChatML with Hermes tool calls, as Qwen2.5 and Hermes 2 Pro format them. `developer` is a system
 # message; a tool result is a user turn wrapped in <tool_response>.
@@ -204,13 +205,13 @@ def _train_tokenizer():
     )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=_VOCAB_SIZE - len(TOOL_CALL_TAGS),
+        vocab_size=_VOCAB_SIZE - len(MARKUP_TOKENS),
         special_tokens=[BOS_TOKEN, IM_START, IM_END],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(_corpus(), trainer=trainer)
-    tokenizer.add_tokens(TOOL_CALL_TAGS)
+    tokenizer.add_tokens(MARKUP_TOKENS)
     return tokenizer
 
 

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
@@ -79,6 +79,8 @@ class _Prepared:
     echo_text: str | None = None
     # Echo with max_tokens 0: the prompt only, no completion.
     prompt_only: bool = False
+    # More keyword arguments for AsyncLLM.generate (chat: where reasoning ends).
+    generate_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 class VllmBackend:
@@ -167,7 +169,13 @@ class VllmBackend:
         outputs = None
         try:
             prepared = await self._prepare(request.input)
-            outputs = llm.generate(prepared.engine_input, prepared.params, request_id, lora_request=lora)
+            outputs = llm.generate(
+                prepared.engine_input,
+                prepared.params,
+                request_id,
+                lora_request=lora,
+                **prepared.generate_kwargs,
+            )
             first = await anext(outputs)
         except EngineDeadError as error:
             raise EngineUnavailableError("the vLLM engine has stopped") from error
@@ -262,6 +270,7 @@ class VllmBackend:
             top_logprobs=_top_logprobs(sampling),
             best_of=_candidates(sampling) > max(sampling.n, 1),
             chat_parsing=ChatParsing(request) if self._chat.needs_parser(request) else None,
+            generate_kwargs=self._chat.generate_kwargs(request, prompt_token_ids),
         )
 
     async def _prepare_completion(

@@ -73,6 +73,20 @@ class ChatRenderer:
         wants_tools = bool(request.tools) and request.tool_choice != "none"
         return wants_tools or parser_cls.reasoning_parser_cls is not None
 
+    def generate_kwargs(self, request: ChatCompletionRequest, prompt_token_ids: list[int]) -> dict[str, Any]:
+        """What vLLM's server tells AsyncLLM.generate about reasoning: whether the prompt already
+        ended it, so that a structured output's grammar starts at the right token."""
+        parser_cls = self._online.parser
+        reasoning = parser_cls is not None and parser_cls.reasoning_parser_cls is not None
+        parser = self.new_parser(request) if reasoning else None
+        kwargs: dict[str, Any] = {
+            "reasoning_ended": request.resolve_reasoning_ended(parser, prompt_token_ids)
+        }
+        if reasoning:
+            template_kwargs = self._online.effective_chat_template_kwargs(request)
+            kwargs["reasoning_parser_kwargs"] = {"chat_template_kwargs": template_kwargs}
+        return kwargs
+
     def new_parser(self, request: ChatCompletionRequest) -> Parser:
         """A fresh output parser for one choice (see needs_parser)."""
         parser_cls = self._online.parser
