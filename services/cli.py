@@ -4,15 +4,16 @@
                   [--api-key KEY]
     switchyard keys create|list|revoke|top-up ...   (when the accounting package is installed)
 
-`up` runs engine, router and edge as three processes on loopback with the embedded default
-configuration (deploy/local/models.yaml), waits until the edge's /health answers 200, prints the base
-URL and the key, and stops all three (edge first, engine last) on Ctrl-C or SIGTERM.
+`up` makes sure the API key exists in the router's database (the embedded SQLite file by default,
+the one `switchyard keys` uses) with ample credits, runs engine, router and edge as three processes on
+loopback with the embedded default configuration (deploy/local/models.yaml), waits until the edge's
+/health answers 200, prints the base URL and the key, and stops all three (edge first, engine last)
+on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -59,7 +60,7 @@ class Service:
     def start(self, log_dir: Path | None) -> None:
         stdout = None
         if log_dir is not None:
-            stdout = open(log_dir / f"{self.name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+            stdout = open(log_dir / f"{self.name}.log", "ab")  # lives as long as the child
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module],
             env={**os.environ, **self.env},
@@ -129,8 +130,9 @@ def offline_env() -> dict[str, str]:
     }
 
 
-def build_services(args: argparse.Namespace, api_key: str) -> list[Service]:
-    from services.edge.settings import hash_api_key
+def build_services(args: argparse.Namespace, database_url: str) -> list[Service]:
+    """The three processes; the router keeps its keys, credits and request log at `database_url`."""
+    from services.router.accounting.settings import DATABASE_URL_ENV
 
     model_id, engine = engine_env(args)
     common = offline_env() | {"SWITCHYARD_LOG_LEVEL": args.log_level}
@@ -141,6 +143,7 @@ def build_services(args: argparse.Namespace, api_key: str) -> list[Service]:
         "SWITCHYARD_ROUTER_PORT": str(args.router_port),
         "SWITCHYARD_LOCAL_MODEL": model_id,
         "SWITCHYARD_LOCAL_ENGINE": engine_address,
+        DATABASE_URL_ENV: database_url,
     }
     if args.reveal_model_names:
         router["SWITCHYARD_ROUTER_REVEAL_MODEL_NAMES"] = "true"
@@ -148,7 +151,6 @@ def build_services(args: argparse.Namespace, api_key: str) -> list[Service]:
         "SWITCHYARD_EDGE_HOST": args.host,
         "SWITCHYARD_EDGE_PORT": str(args.http_port),
         "SWITCHYARD_EDGE_ROUTER_ADDRESS": router_address,
-        "SWITCHYARD_EDGE_API_KEY_HASHES": json.dumps([hash_api_key(api_key)]),
     }
     for name in ("ENGINE", "ROUTER", "EDGE"):
         common[f"SWITCHYARD_{name}_LOG_LEVEL"] = args.log_level
@@ -190,7 +192,9 @@ def engine_context_window(address: str) -> int:
         return stub.GetModelInfo(engine_service_pb2.GetModelInfoRequest(), timeout=10).max_model_len
 
 
-def start_in_order(services: list[Service], log_dir: Path | None, timeout: float, stopping: list[bool]) -> bool:
+def start_in_order(
+    services: list[Service], log_dir: Path | None, timeout: float, stopping: list[bool]
+) -> bool:
     """Starts each service once the one it calls is ready (engine, router, edge), so the router's
     first health watch already finds a serving engine and the edge a serving router."""
     deadline = time.monotonic() + timeout
@@ -210,8 +214,15 @@ def start_in_order(services: list[Service], log_dir: Path | None, timeout: float
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from services.router.accounting.cli import ensure_api_key
+    from services.router.accounting.settings import default_database_url
+
     api_key = args.api_key or os.environ.get("SWITCHYARD_API_KEY") or f"sy-{secrets.token_urlsafe(24)}"
-    services = build_services(args, api_key)
+    database_url = args.database or default_database_url()
+    # Before the router starts, so that the key works on the first request (and the router, which
+    # migrates the same database, finds it up to date).
+    ensure_api_key(api_key, database_url=database_url)
+    services = build_services(args, database_url)
     log_dir = Path(args.log_dir).resolve() if args.log_dir else None
     if log_dir:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -227,10 +238,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         if not start_in_order(services, log_dir, args.startup_timeout, stopping):
             if not stopping:
-                print(f"Switchyard did not become healthy within {args.startup_timeout:.0f}s", file=sys.stderr)
+                print(
+                    f"Switchyard did not become healthy within {args.startup_timeout:.0f}s", file=sys.stderr
+                )
                 code = 1
             return code
         print(f"Switchyard is up: {base}/v1  (API key: {api_key})", flush=True)
+        print(f"  keys, credits and the request log: {database_url}  (switchyard keys --help)", flush=True)
         print(f"  try: curl {base}/v1/models -H 'Authorization: Bearer {api_key}'", flush=True)
         while not stopping:
             for service in services:
@@ -255,7 +269,12 @@ def add_up_parser(subparsers) -> None:
     up.add_argument("--http-port", type=int, default=8000)
     up.add_argument("--router-port", type=int, default=50051)
     up.add_argument("--engine-port", type=int, default=50061)
-    up.add_argument("--api-key", help="the API key clients use (default: $SWITCHYARD_API_KEY or a new one)")
+    up.add_argument("--api-key", help="the API key clients use (default: $SWITCHYARD_API_KEY or a new one); "
+                    "made an admin key with ample credits in the database if it is not there yet")
+    up.add_argument("--database", metavar="URL",
+                    help="the router's database for keys, credits and the request log (default: "
+                    "$SWITCHYARD_ROUTER_ACCOUNTING__DATABASE_URL or ./var/switchyard.db, "
+                    "as `switchyard keys`)")
     up.add_argument("--reveal-model-names", action="store_true",
                     help="name the real model in responses instead of 'redacted'")
     up.add_argument("--kv-cache-mib", type=int, default=256, help="KV cache size on CPU (vllm engine)")

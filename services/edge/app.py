@@ -48,11 +48,6 @@ async def _validation_error(request: Request, error: Exception) -> Response:
 def create_app(settings: EdgeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.auth_required and not settings.api_key_hashes:
-            logger.warning(
-                "no API key hashes are configured and allow_unauthenticated is false: every request "
-                "will be refused with 401"
-            )
         app.state.edge = EdgeState.from_settings(settings)
         logger.info("edge serving the OpenAI API, router at %s", settings.router_address)
         try:

@@ -24,8 +24,8 @@ class AccessRecord:
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     request_id: str
-    # The caller's key, forwarded to the router (None when auth is off and none was given).
-    api_key: str | None
+    # The caller's key, forwarded to the router, which checks it.
+    api_key: str
     # Seconds: the edge's limit, lowered by the x-request-timeout header when it asks for less.
     timeout: float
     access: AccessRecord
@@ -37,6 +37,4 @@ class RequestContext:
     def metadata(self, request_id: str | None = None) -> tuple[tuple[str, str], ...]:
         """gRPC metadata of a router call; `request_id` for one prompt of a fanned-out request."""
         request_id = request_id or self.request_id
-        if self.api_key is None:
-            return (("x-request-id", request_id),)
         return (("authorization", f"Bearer {self.api_key}"), ("x-request-id", request_id))

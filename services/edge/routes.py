@@ -1,4 +1,5 @@
-"""The HTTP routes: thin functions that authenticate, read the body and hand over to a serving."""
+"""The HTTP routes: thin functions that take the request's context, read the body and hand over to
+a serving."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
+from services.edge.auth import forwarded_api_key
 from services.edge.connection import until_disconnected
 from services.edge.context import AccessRecord, RequestContext
 from services.edge.errors import ApiError
@@ -39,13 +41,13 @@ async def request_context(request: Request) -> RequestContext:
     access: AccessRecord = request.state.access
     return RequestContext(
         request_id=access.request_id,
-        api_key=edge.verifier.verify(request.headers.get("authorization")),
+        api_key=forwarded_api_key(request.headers.get("authorization")),
         timeout=_timeout(request.headers.get("x-request-timeout"), edge.settings.request_timeout_seconds),
         access=access,
     )
 
 
-# The request's id, key and deadline; authenticates the caller (401) before the body is read.
+# The request's id, the key to forward (401 without one; the router checks it) and the deadline.
 Context = Annotated[RequestContext, Depends(request_context)]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.edge.auth import ApiKeyVerifier
 from services.edge.router_client import RouterClient
 from services.edge.serving_chat import ChatServing
 from services.edge.serving_completion import CompletionServing
@@ -15,7 +14,6 @@ from services.edge.settings import EdgeSettings
 @dataclass(frozen=True, slots=True)
 class EdgeState:
     settings: EdgeSettings
-    verifier: ApiKeyVerifier
     router: RouterClient
     completions: CompletionServing
     chat: ChatServing
@@ -27,7 +25,6 @@ class EdgeState:
         router = RouterClient(settings.router_address)
         return cls(
             settings=settings,
-            verifier=ApiKeyVerifier(settings.api_key_hashes, required=settings.auth_required),
             router=router,
             completions=CompletionServing(router),
             chat=ChatServing(router),

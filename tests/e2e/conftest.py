@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 
 from services.edge.app import create_app
-from services.edge.settings import EdgeSettings, hash_api_key
+from services.edge.settings import EdgeSettings
 from services.engine.server import EngineServer
 from services.engine.settings import EngineSettings
 from services.router.accounting import AccountingSettings, KeyPolicy
@@ -110,9 +110,7 @@ async def suite(tmp_path_factory) -> AsyncIterator[Suite]:
     await router.start()
     # The suite's key, made the way `switchyard up` makes its own: an admin key with ample credits.
     await router.accounting.keys.ensure(API_KEY, KeyPolicy(name="e2e", admin=True), credits=AMPLE_CREDITS)
-    edge = create_app(
-        EdgeSettings(port=0, router_address=f"127.0.0.1:{router.port}", api_key_hashes=[hash_api_key(API_KEY)])
-    )
+    edge = create_app(EdgeSettings(port=0, router_address=f"127.0.0.1:{router.port}"))
     async with serve_app(edge) as http_port:
         yield Suite(f"http://127.0.0.1:{http_port}", fast, slow, router)
     await router.stop(0)

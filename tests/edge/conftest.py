@@ -18,9 +18,10 @@ import httpx
 import openai
 import pytest
 
+from services.common.errors import InvalidApiKeyError, ModelNotFoundError
 from services.common.grpc_server import GrpcServer
 from services.edge.server import EdgeServer
-from services.edge.settings import EdgeSettings, hash_api_key
+from services.edge.settings import EdgeSettings
 from switchyard.inference.v1 import inference_pb2 as inference
 from switchyard.router.v1 import router_service_pb2 as router_pb2
 from switchyard.router.v1 import router_service_pb2_grpc as router_grpc
@@ -119,13 +120,23 @@ class FakeRouter(router_grpc.RouterServiceServicer):
             router_pb2.Model(id="acme/big:2", provider="acme", created=1700000001, context_window=8192),
         ]
         self.new_call = asyncio.Event()
+        # The keys it accepts, as the real router's key store would.
+        self.api_keys = {API_KEY}
 
     def reset(self) -> None:
         self.script = words_script
         self.calls.clear()
         self.new_call = asyncio.Event()
+        self.api_keys = {API_KEY}
+
+    def authenticate(self, context: grpc.aio.ServicerContext) -> None:
+        """What the real router does first on every call: the key must be one it knows."""
+        authorization = dict(context.invocation_metadata()).get("authorization", "")
+        if authorization.removeprefix("Bearer ") not in self.api_keys:
+            raise InvalidApiKeyError("Incorrect API key provided.")
 
     async def Generate(self, request, context):
+        self.authenticate(context)
         call = Call(request, dict(context.invocation_metadata()))
         self.calls.append(call)
         self.new_call.set()
@@ -138,11 +149,11 @@ class FakeRouter(router_grpc.RouterServiceServicer):
             raise
 
     async def ListModels(self, request, context):
+        self.authenticate(context)
         return router_pb2.ListModelsResponse(models=self.models)
 
     async def GetModel(self, request, context):
-        from services.common.errors import ModelNotFoundError
-
+        self.authenticate(context)
         for model in self.models:
             if model.id == request.id:
                 return router_pb2.GetModelResponse(model=model)
@@ -207,7 +218,6 @@ async def start_edge(router_port: int, **settings) -> EdgeServer:
         "host": "127.0.0.1",
         "port": 0,
         "router_address": f"127.0.0.1:{router_port}",
-        "api_key_hashes": [hash_api_key(API_KEY)],
         "shutdown_grace_seconds": 1,
         **settings,
     }
