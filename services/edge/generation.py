@@ -27,13 +27,17 @@ REDACTED = "redacted"
 
 class Generation:
     """One router Generate call. Iterate `deltas()` once; afterwards `usage` (and `breakdown`, when
-    asked for) hold what the `finished` event said, or stay None if the stream ended without one."""
+    asked for) hold what the `finished` event said, or stay None if the stream ended without one.
+    `rate_limit_headers` are the x-ratelimit-* values the router sent as initial metadata."""
 
-    __slots__ = ("_call", "_pending", "breakdown", "model", "usage")
+    __slots__ = ("_call", "_pending", "breakdown", "model", "rate_limit_headers", "usage")
 
-    def __init__(self, call: grpc.aio.UnaryStreamCall, first: object) -> None:
+    def __init__(
+        self, call: grpc.aio.UnaryStreamCall, first: object, rate_limit_headers: dict[str, str] | None = None
+    ) -> None:
         self._call = call
         self._pending = first
+        self.rate_limit_headers = rate_limit_headers or {}
         self.model = REDACTED
         self.usage: inference.Usage | None = None
         self.breakdown: router_pb2.RequestBreakdown | None = None
@@ -53,12 +57,15 @@ class Generation:
         call = router.generate(request, metadata=metadata, grpc_timeout=grpc_timeout)
         try:
             first = await call.read()
+            # Sent before the first event, so already here.
+            initial = await call.initial_metadata()
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         except BaseException:
             call.cancel()
             raise
-        return cls(call, first)
+        limits = {name: value for name, value in initial or () if name.startswith("x-ratelimit-")}
+        return cls(call, first, limits)
 
     async def deltas(self) -> AsyncIterator[inference.TokenDelta]:
         call = self._call
