@@ -45,6 +45,23 @@ def json_response(body: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+def _remaining(generation: Generation) -> tuple[float, float]:
+    headers = generation.rate_limit_headers
+    return (
+        float(headers.get("x-ratelimit-remaining-requests", "inf")),
+        float(headers.get("x-ratelimit-remaining-tokens", "inf")),
+    )
+
+
+def with_rate_limit_headers(response: Response, generations: Sequence[Generation]) -> Response:
+    """Adds OpenAI's x-ratelimit-* headers as the router sent them for this request. A completions
+    request with several prompts was admitted once per prompt: the admission that left the least
+    is the one that holds."""
+    tightest = min(generations, key=_remaining)
+    response.headers.update(tightest.rate_limit_headers)
+    return response
+
+
 def incomplete(request_id: str) -> ApiError:
     """The router's stream ended OK without finishing every choice or without usage: a broken
     contract, so the caller gets a generic 500 and the log says which request."""

@@ -20,7 +20,14 @@ from services.edge.context import RequestContext
 from services.edge.generation import Generation
 from services.edge.protocol import ChatCompletionRequest
 from services.edge.router_client import RouterClient
-from services.edge.serving import event_stream, incomplete, json_response, parse_request, total_usage
+from services.edge.serving import (
+    event_stream,
+    incomplete,
+    json_response,
+    parse_request,
+    total_usage,
+    with_rate_limit_headers,
+)
 from services.edge.sse import ChunkEncoder, EventStreamResponse
 
 _FINISH_REASONS = translate.FINISH_REASONS
@@ -48,7 +55,8 @@ class ChatServing:
                 include_usage=request.include_usage,
             )
             chunks = self._chunks(request, generation, encoder, ctx)
-            return EventStreamResponse(event_stream(chunks, [generation], ctx.request_id))
+            stream = EventStreamResponse(event_stream(chunks, [generation], ctx.request_id))
+            return with_rate_limit_headers(stream, [generation])
 
         choices = [
             translate.ChatChoiceBuilder(index, logprobs=request.logprobs) for index in range(request.n)
@@ -74,7 +82,7 @@ class ChatServing:
         breakdown = _breakdown(request, generation, built[0]["message"])
         if breakdown is not None:
             response["request_breakdown"] = breakdown
-        return json_response(response)
+        return with_rate_limit_headers(json_response(response), [generation])
 
     @staticmethod
     async def _chunks(

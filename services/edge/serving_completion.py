@@ -17,7 +17,14 @@ from services.edge.context import RequestContext
 from services.edge.generation import Generation, gather_or_cancel, interleave, open_generations
 from services.edge.protocol import CompletionRequest
 from services.edge.router_client import RouterClient
-from services.edge.serving import event_stream, incomplete, json_response, parse_request, total_usage
+from services.edge.serving import (
+    event_stream,
+    incomplete,
+    json_response,
+    parse_request,
+    total_usage,
+    with_rate_limit_headers,
+)
 from services.edge.sse import ChunkEncoder, EventStreamResponse
 
 _FINISH_REASONS = translate.FINISH_REASONS
@@ -46,7 +53,8 @@ class CompletionServing:
                 include_usage=request.include_usage,
             )
             chunks = self._chunks(request, generations, encoder, ctx)
-            return EventStreamResponse(event_stream(chunks, generations, ctx.request_id))
+            stream = EventStreamResponse(event_stream(chunks, generations, ctx.request_id))
+            return with_rate_limit_headers(stream, generations)
         try:
             choices = await self._collect(request, generations, ctx.request_id)
         finally:
@@ -65,7 +73,7 @@ class CompletionServing:
         breakdown = _breakdown(request, generations, choices[0].text)
         if breakdown is not None:
             response["request_breakdown"] = breakdown
-        return json_response(response)
+        return with_rate_limit_headers(json_response(response), generations)
 
     @staticmethod
     async def _collect(
