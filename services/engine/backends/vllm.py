@@ -123,10 +123,18 @@ class VllmBackend:
         }
 
     async def close(self) -> None:
+        """After the server has drained: no generation is left to serve."""
         llm, self._llm = self._llm, None
-        if llm is not None:
-            # Joins the engine core process, which may take a moment: off the event loop.
-            await asyncio.to_thread(llm.shutdown)
+        if llm is None:
+            return
+        # vLLM's shutdown stops the engine core before the output handler, which then reports the
+        # engine's death as an error with a traceback; stopping the handler first keeps a clean
+        # shutdown quiet.
+        if llm.output_handler is not None:
+            llm.output_handler.cancel()
+            await asyncio.wait([llm.output_handler])
+        # Joins the engine core process, which may take a moment: off the event loop.
+        await asyncio.to_thread(llm.shutdown)
 
     async def is_healthy(self) -> bool:
         return self._llm is not None and not self._llm.errored
