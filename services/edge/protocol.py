@@ -189,6 +189,9 @@ class GenerationRequest(WireModel):
     metadata: dict[str, Any] | None = None
     request_breakdown: bool = False
     disable_log: bool = False
+    # false: neither answered from the router's response cache nor stored there (as the header
+    # x-switchyard-cache: off).
+    cache: bool = True
 
     # Seconds this request may take; capped by the edge's request_timeout_seconds.
     timeout: float | None = Field(default=None, gt=0)

@@ -110,6 +110,7 @@ def _generate_request(
         request_breakdown=request.request_breakdown,
         disable_log=request.disable_log,
         stream=request.stream,
+        disable_cache=not request.cache,
     )
     if request.metadata:
         message.metadata.update(request.metadata)

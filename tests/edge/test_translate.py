@@ -97,6 +97,13 @@ def test_routing_fields_reach_the_router():
     assert request.request_breakdown and request.disable_log and request.stream
 
 
+def test_cache_false_keeps_the_request_out_of_the_response_cache():
+    assert not translate.chat_generate_request(chat(), "r").disable_cache
+    assert translate.chat_generate_request(chat(cache=False), "r").disable_cache
+    fanned_out = translate.completion_generate_requests(completion(prompt=["a", "b"], cache=False), "r")
+    assert [request.disable_cache for request in fanned_out] == [True, True]
+
+
 def test_openai_user_names_the_customer_when_customer_identifier_is_absent():
     [request] = translate.completion_generate_requests(completion(user="u-1"), "r")
     assert request.customer_identifier == "u-1"
