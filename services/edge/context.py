@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from switchyard.inference.v1 import inference_pb2 as inference
 
+# The router reads it as GenerateRequest.disable_cache (see router_service.proto).
+CACHE_HEADER = "x-switchyard-cache"
+CACHE_OFF = (CACHE_HEADER, "off")
+
 
 @dataclass(slots=True)
 class AccessRecord:
@@ -29,6 +33,8 @@ class RequestContext:
     # Seconds: the edge's limit, lowered by the x-request-timeout header when it asks for less.
     timeout: float
     access: AccessRecord
+    # The x-switchyard-cache: off header: keep this request out of the router's response cache.
+    cache_off: bool = False
 
     def timeout_for(self, requested: float | None) -> float:
         """The deadline of a generation whose body asked for `requested` seconds (capped)."""
@@ -37,4 +43,5 @@ class RequestContext:
     def metadata(self, request_id: str | None = None) -> tuple[tuple[str, str], ...]:
         """gRPC metadata of a router call; `request_id` for one prompt of a fanned-out request."""
         request_id = request_id or self.request_id
-        return (("authorization", f"Bearer {self.api_key}"), ("x-request-id", request_id))
+        metadata = (("authorization", f"Bearer {self.api_key}"), ("x-request-id", request_id))
+        return (*metadata, CACHE_OFF) if self.cache_off else metadata

@@ -4,6 +4,13 @@
 never an integer. Statuses follow STYLE.md's table (google/rpc/code.proto's HTTP mapping). Missing
 or wrong API keys answer 401 with type "authentication_error" (STYLE.md's table, so that a key the
 edge refuses and a key the router refuses look alike) and code "invalid_api_key" (what OpenAI sends).
+
+429s carry the types OpenAI really sends, which clients match on: out of credits is type and code
+"insufficient_quota"; a rate limit is code "rate_limit_exceeded" with type "requests" or "tokens"
+(the limit that was hit); anything else exhausted (e.g. the concurrency limit, which OpenAI does not
+have) is STYLE.md's "rate_limit_error". Their headers: `Retry-After` and the router's x-ratelimit-*
+values; `x-should-retry: false` (read by the OpenAI SDKs) when waiting cannot help: no credits, or a
+request larger than the key's whole token limit.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ _BY_CODE: dict[grpc.StatusCode, tuple[int, str, str]] = {
     ),
 }
 _INTERNAL = (500, "server_error", INTERNAL_MESSAGE)
+_INSUFFICIENT_QUOTA = "INSUFFICIENT_QUOTA"
+_RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"
 
 
 class ApiError(Exception):
@@ -76,15 +85,32 @@ def _retry_after(seconds: str | None) -> str:
         return "1"
 
 
+def _too_many_requests(error: RemoteError) -> tuple[str, dict[str, str]]:
+    """The OpenAI error type and the headers of a 429 (see the module docstring)."""
+    headers = {name: value for name, value in error.metadata.items() if name.startswith("x-ratelimit-")}
+    if error.reason == _INSUFFICIENT_QUOTA:
+        return "insufficient_quota", headers | {"x-should-retry": "false"}
+    if "retry_after" not in error.metadata and error.reason == _RATE_LIMIT_EXCEEDED:
+        headers["x-should-retry"] = "false"  # larger than the whole limit: waiting does not help
+    else:
+        headers["Retry-After"] = _retry_after(error.metadata.get("retry_after"))
+    limit = error.metadata.get("limit")
+    if error.reason == _RATE_LIMIT_EXCEEDED and limit in ("requests", "tokens"):
+        return limit, headers
+    return "rate_limit_error", headers
+
+
 def from_remote(error: RemoteError) -> ApiError:
     status, error_type, generic_message = _BY_CODE.get(error.code, _INTERNAL)
     # Typed service errors carry an ErrorInfo reason and messages written for callers. Anything else
     # (a transport failure, a crash) may hold addresses or internals, so the caller gets a generic line.
     message = error.message if error.reason and status != 500 else generic_message
     code = error.reason.lower() or ("timeout" if error.code == grpc.StatusCode.DEADLINE_EXCEEDED else None)
-    headers = (
-        {"Retry-After": _retry_after(error.metadata.get("retry_after"))} if status in (429, 503) else None
-    )
+    headers = None
+    if status == 429:
+        error_type, headers = _too_many_requests(error)
+    elif status == 503:
+        headers = {"Retry-After": _retry_after(error.metadata.get("retry_after"))}
     return ApiError(
         status, message, type=error_type, param=error.metadata.get("param"), code=code, headers=headers
     )

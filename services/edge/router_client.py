@@ -1,4 +1,5 @@
-"""The edge's one gRPC channel to the router, made in the app's lifespan and shared by all requests."""
+"""The edge's one gRPC channel to the router, made in the app's lifespan and shared by all requests:
+RouterService (generation, models) and AccountsService (usage, the request log) on it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.grpc_server import CHANNEL_OPTIONS
 from services.edge.errors import from_rpc_error
+from switchyard.router.v1 import accounts_service_pb2 as accounts_pb2
+from switchyard.router.v1 import accounts_service_pb2_grpc as accounts_grpc
 from switchyard.router.v1 import router_service_pb2 as router_pb2
 from switchyard.router.v1 import router_service_pb2_grpc as router_grpc
 
@@ -16,11 +19,12 @@ ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_na
 
 
 class RouterClient:
-    """RouterService calls with the edge's error mapping: failures surface as `ApiError`s."""
+    """The router's calls with the edge's error mapping: failures surface as `ApiError`s."""
 
     def __init__(self, address: str) -> None:
         self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = router_grpc.RouterServiceStub(self._channel)
+        self._accounts = accounts_grpc.AccountsServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def generate(
@@ -47,6 +51,21 @@ class RouterClient:
             raise from_rpc_error(error) from None
         return response.model
 
+    async def get_usage(
+        self, request: accounts_pb2.GetUsageRequest, *, metadata: Metadata, grpc_timeout: float
+    ) -> accounts_pb2.GetUsageResponse:
+        return await _unary(self._accounts.GetUsage, request, metadata, grpc_timeout)
+
+    async def list_requests(
+        self, request: accounts_pb2.ListRequestsRequest, *, metadata: Metadata, grpc_timeout: float
+    ) -> accounts_pb2.ListRequestsResponse:
+        return await _unary(self._accounts.ListRequests, request, metadata, grpc_timeout)
+
+    async def get_request(
+        self, request: accounts_pb2.GetRequestRequest, *, metadata: Metadata, grpc_timeout: float
+    ) -> accounts_pb2.GetRequestResponse:
+        return await _unary(self._accounts.GetRequest, request, metadata, grpc_timeout)
+
     async def is_serving(self, *, grpc_timeout: float) -> bool:
         """Whether the router's grpc.health.v1 reports RouterService as SERVING."""
         try:
@@ -59,3 +78,10 @@ class RouterClient:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+async def _unary(method, request, metadata: Metadata, grpc_timeout: float):
+    try:
+        return await method(request, metadata=metadata, timeout=grpc_timeout)
+    except grpc.RpcError as error:
+        raise from_rpc_error(error) from None

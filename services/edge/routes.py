@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from services.edge.auth import forwarded_api_key
 from services.edge.connection import until_disconnected
-from services.edge.context import AccessRecord, RequestContext
+from services.edge.context import CACHE_HEADER, AccessRecord, RequestContext
 from services.edge.errors import ApiError
 from services.edge.serving import json_response
 from services.edge.state import EdgeState
@@ -44,6 +44,7 @@ async def request_context(request: Request) -> RequestContext:
         api_key=forwarded_api_key(request.headers.get("authorization")),
         timeout=_timeout(request.headers.get("x-request-timeout"), edge.settings.request_timeout_seconds),
         access=access,
+        cache_off=request.headers.get(CACHE_HEADER, "").strip().lower() == "off",
     )
 
 
@@ -79,6 +80,21 @@ async def list_models(request: Request, ctx: Context) -> Response:
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request, ctx: Context) -> Response:
     return await _edge(request).models.retrieve(model_id, ctx)
+
+
+@router.get("/v1/usage")
+async def usage(request: Request, ctx: Context) -> Response:
+    return await _edge(request).accounts.usage(request.query_params, ctx)
+
+
+@router.get("/v1/requests")
+async def list_requests(request: Request, ctx: Context) -> Response:
+    return await _edge(request).accounts.list_requests(request.query_params, ctx)
+
+
+@router.get("/v1/requests/{request_id}")
+async def retrieve_request(request_id: str, request: Request, ctx: Context) -> Response:
+    return await _edge(request).accounts.retrieve_request(request_id, ctx)
 
 
 @router.get("/health")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.edge.router_client import RouterClient
+from services.edge.serving_accounts import AccountsServing
 from services.edge.serving_chat import ChatServing
 from services.edge.serving_completion import CompletionServing
 from services.edge.serving_models import ModelsServing
@@ -18,6 +19,7 @@ class EdgeState:
     completions: CompletionServing
     chat: ChatServing
     models: ModelsServing
+    accounts: AccountsServing
 
     @classmethod
     def from_settings(cls, settings: EdgeSettings) -> EdgeState:
@@ -29,4 +31,5 @@ class EdgeState:
             completions=CompletionServing(router),
             chat=ChatServing(router),
             models=ModelsServing(router, grpc_timeout=settings.control_timeout_seconds),
+            accounts=AccountsServing(router, grpc_timeout=settings.control_timeout_seconds),
         )

@@ -18,11 +18,13 @@ import httpx
 import openai
 import pytest
 
-from services.common.errors import InvalidApiKeyError, ModelNotFoundError
+from services.common.errors import InvalidApiKeyError, ModelNotFoundError, ServiceError
 from services.common.grpc_server import GrpcServer
 from services.edge.server import EdgeServer
 from services.edge.settings import EdgeSettings
 from switchyard.inference.v1 import inference_pb2 as inference
+from switchyard.router.v1 import accounts_service_pb2 as accounts_pb2
+from switchyard.router.v1 import accounts_service_pb2_grpc as accounts_grpc
 from switchyard.router.v1 import router_service_pb2 as router_pb2
 from switchyard.router.v1 import router_service_pb2_grpc as router_grpc
 
@@ -122,12 +124,14 @@ class FakeRouter(router_grpc.RouterServiceServicer):
         self.new_call = asyncio.Event()
         # The keys it accepts, as the real router's key store would.
         self.api_keys = {API_KEY}
+        self.accounts = FakeAccounts(self)
 
     def reset(self) -> None:
         self.script = words_script
         self.calls.clear()
         self.new_call = asyncio.Event()
         self.api_keys = {API_KEY}
+        self.accounts.reset()
 
     def authenticate(self, context: grpc.aio.ServicerContext) -> None:
         """What the real router does first on every call: the key must be one it knows."""
@@ -164,6 +168,45 @@ class FakeRouter(router_grpc.RouterServiceServicer):
         await asyncio.wait_for(self.new_call.wait(), HANG_GUARD)
         self.new_call = asyncio.Event()
         return self.calls[-1]
+
+
+class NotFoundError(ServiceError):
+    """The router's answer for a logged request that does not exist: NOT_FOUND, no reason."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FakeAccounts(accounts_grpc.AccountsServiceServicer):
+    """AccountsService as the router serves it, answering what a test sets and remembering what
+    it was asked, with the metadata it came with."""
+
+    def __init__(self, router: FakeRouter) -> None:
+        self._router = router
+        self.asked: list[tuple[object, dict[str, str]]] = []
+        self.usage = accounts_pb2.GetUsageResponse()
+        self.page = accounts_pb2.ListRequestsResponse()
+        self.records: dict[str, accounts_pb2.RequestRecord] = {}
+
+    def reset(self) -> None:
+        self.__init__(self._router)
+
+    def _asked(self, request, context) -> None:
+        self._router.authenticate(context)
+        self.asked.append((request, dict(context.invocation_metadata())))
+
+    async def GetUsage(self, request, context):
+        self._asked(request, context)
+        return self.usage
+
+    async def ListRequests(self, request, context):
+        self._asked(request, context)
+        return self.page
+
+    async def GetRequest(self, request, context):
+        self._asked(request, context)
+        if request.request_id not in self.records:
+            raise NotFoundError(f"No request with id '{request.request_id}'.")
+        return accounts_pb2.GetRequestResponse(request=self.records[request.request_id])
 
 
 @dataclass
@@ -207,8 +250,15 @@ class Edge:
 
 async def start_router() -> tuple[GrpcServer, FakeRouter]:
     fake = FakeRouter()
-    server = GrpcServer([router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name], "127.0.0.1:0")
+    server = GrpcServer(
+        [
+            router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name,
+            accounts_pb2.DESCRIPTOR.services_by_name["AccountsService"].full_name,
+        ],
+        "127.0.0.1:0",
+    )
     router_grpc.add_RouterServiceServicer_to_server(fake, server.server)
+    accounts_grpc.add_AccountsServiceServicer_to_server(fake.accounts, server.server)
     await server.start()
     return server, fake
 

@@ -33,7 +33,7 @@ from tests.openai_schema import assert_matches
         (InvalidApiKeyError("who are you"), 401, "authentication_error", "invalid_api_key"),
         (PermissionDeniedError("not yours"), 403, "permission_error", "permission_denied"),
         (ModelNotFoundError("a/b"), 404, "invalid_request_error", "model_not_found"),
-        (InsufficientQuotaError("no credits"), 429, "rate_limit_error", "insufficient_quota"),
+        (InsufficientQuotaError("no credits"), 429, "insufficient_quota", "insufficient_quota"),
         (RateLimitExceededError("slow down"), 429, "rate_limit_error", "rate_limit_exceeded"),
         (DeadlineExceededError("late"), 504, "timeout_error", "timeout"),
         (NoHealthyReplicaError("all down"), 503, "server_error", "no_healthy_replica"),
@@ -48,7 +48,8 @@ def test_typed_router_errors_keep_their_message_and_reason(error, status, error_
     assert (api_error.status, api_error.type, api_error.code) == (status, error_type, code)
     assert api_error.message == error.message
     assert_matches("ErrorResponse", api_error.body())
-    assert (api_error.headers is not None and "Retry-After" in api_error.headers) == (status in (429, 503))
+    if status == 503:
+        assert api_error.headers == {"Retry-After": "1"}
 
 
 def test_param_and_retry_after_come_from_error_info_metadata():
@@ -62,6 +63,50 @@ def test_param_and_retry_after_come_from_error_info_metadata():
         RemoteError(grpc.StatusCode.INVALID_ARGUMENT, "bad", "INVALID_REQUEST", {"param": "temperature"})
     )
     assert api_error.param == "temperature"
+
+
+def test_out_of_credits_is_insufficient_quota_as_openai_sends_it_and_not_worth_retrying():
+    api_error = from_remote(
+        RemoteError(grpc.StatusCode.RESOURCE_EXHAUSTED, "Top up the key.", "INSUFFICIENT_QUOTA")
+    )
+    assert (api_error.status, api_error.type, api_error.code) == (
+        429,
+        "insufficient_quota",
+        "insufficient_quota",
+    )
+    # The OpenAI SDKs retry a 429 unless told not to; waiting brings no credits.
+    assert api_error.headers == {"x-should-retry": "false"}
+
+
+RATE_LIMIT_HEADERS = {
+    "x-ratelimit-limit-requests": "2",
+    "x-ratelimit-remaining-requests": "0",
+    "x-ratelimit-reset-requests": "30s",
+}
+
+
+@pytest.mark.parametrize(
+    ("limit", "retry_after", "error_type", "headers"),
+    [
+        # OpenAI's own types name the limit that was hit.
+        ("requests", "29.2", "requests", {"Retry-After": "30", **RATE_LIMIT_HEADERS}),
+        ("tokens", "3", "tokens", {"Retry-After": "3", **RATE_LIMIT_HEADERS}),
+        # Larger than the key's whole token limit: no wait helps.
+        ("tokens", None, "tokens", {"x-should-retry": "false", **RATE_LIMIT_HEADERS}),
+        # A limit OpenAI does not have: STYLE.md's type.
+        ("concurrency", "1", "rate_limit_error", {"Retry-After": "1", **RATE_LIMIT_HEADERS}),
+    ],
+)
+def test_rate_limits_name_the_limit_and_carry_openais_headers(limit, retry_after, error_type, headers):
+    metadata = {"limit": limit, **RATE_LIMIT_HEADERS}
+    if retry_after is not None:
+        metadata["retry_after"] = retry_after
+    api_error = from_remote(
+        RemoteError(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down", "RATE_LIMIT_EXCEEDED", metadata)
+    )
+    assert (api_error.status, api_error.type, api_error.code) == (429, error_type, "rate_limit_exceeded")
+    assert api_error.headers == headers
+    assert_matches("ErrorResponse", api_error.body())
 
 
 @pytest.mark.parametrize(

@@ -27,23 +27,32 @@ def failing_before_routing(error: Exception):
     return script
 
 
-async def test_missing_or_wrong_key_is_401(edge: Edge):
-    with pytest.raises(openai.AuthenticationError) as caught:
-        await edge.openai(api_key="sy-wrong").chat.completions.create(model="auto", messages=CHAT)
-    body = caught.value.response.json()
-    assert_matches("ErrorResponse", body)
-    assert (body["error"]["type"], body["error"]["code"]) == ("authentication_error", "invalid_api_key")
+async def test_a_key_the_router_refuses_is_401(edge: Edge):
+    for call in (
+        edge.openai(api_key="sy-wrong").chat.completions.create(model="auto", messages=CHAT),
+        edge.openai(api_key="sy-wrong").models.list(),
+    ):
+        with pytest.raises(openai.AuthenticationError) as caught:
+            await call
+        body = caught.value.response.json()
+        assert_matches("ErrorResponse", body)
+        assert (body["error"]["type"], body["error"]["code"]) == ("authentication_error", "invalid_api_key")
 
+
+async def test_a_request_without_a_key_is_401_before_its_body_is_read(edge: Edge):
     async with edge.http() as http:
         for path, method in [
             ("/v1/completions", "POST"),
             ("/v1/chat/completions", "POST"),
             ("/v1/models", "GET"),
+            ("/v1/usage", "GET"),
+            ("/v1/requests", "GET"),
         ]:
             response = await http.request(method, path, json={"prompt": "x"})
             assert response.status_code == 401, path
             assert_matches("ErrorResponse", response.json())
-    assert edge.router.calls == [], "a refused request never reaches the router"
+            assert response.json()["error"]["code"] == "invalid_api_key"
+    assert edge.router.calls == [], "a request without a key never reaches the router"
 
 
 async def test_a_bad_parameter_is_400_naming_it(edge: Edge):
@@ -108,12 +117,19 @@ async def test_router_refusals_keep_their_status_even_when_streaming(
 
 async def test_rate_limits_say_when_to_retry(edge: Edge):
     edge.router.script = failing_before_routing(
-        RateLimitExceededError("slow down", metadata={"retry_after": "7"})
+        RateLimitExceededError(
+            "slow down",
+            metadata={"retry_after": "7", "limit": "requests", "x-ratelimit-remaining-requests": "0"},
+        )
     )
     response = await edge.post("/v1/completions", {"prompt": "x"})
     assert response.status_code == 429
     assert response.headers["retry-after"] == "7"
-    assert response.json()["error"]["type"] == "rate_limit_error"
+    assert response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert (response.json()["error"]["type"], response.json()["error"]["code"]) == (
+        "requests",
+        "rate_limit_exceeded",
+    )
 
 
 async def test_an_error_after_the_stream_started_is_one_error_event_then_done(edge: Edge):
