@@ -135,6 +135,20 @@ async def test_required_tool_choice_calls_a_tool(engine: EngineClient):
     assert result.choices[0].finish_reason == TOOL_CALLS
 
 
+async def test_parallel_tool_calls_only_when_asked(engine: EngineClient):
+    """Left unset, parallel_tool_calls is false (as the API documents it): one call, then the end."""
+
+    async def calls_per_seed(**options) -> list[int]:
+        conversation = chat(("user", "Use tools."), tools=TOOLS[1:], tool_choice="required", **options)
+        results = [
+            await engine.generate(request(chat=conversation, seed=seed, max_tokens=80)) for seed in (1, 2, 3)
+        ]
+        return [len(calls(result)) for result in results]
+
+    assert await calls_per_seed() == [1, 1, 1]
+    assert max(await calls_per_seed(parallel_tool_calls=True)) > 1
+
+
 async def test_tool_call_arguments_stream_in_pieces(engine: EngineClient):
     conversation = chat(("user", "Weather?"), tools=TOOLS, tool_choice="get_weather")
     result = await engine.generate(request(chat=conversation, temperature=0, max_tokens=64))

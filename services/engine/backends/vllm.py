@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import jinja2
 import pydantic
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMValidationError
@@ -190,8 +191,8 @@ class VllmBackend:
         except GracefulHTTPError as error:
             # Admission control (max_num_queued_reqs / tokens, when configured): another replica.
             raise EngineUnavailableError(error.message) from error
-        except (VLLMClientError, ValueError, TypeError) as error:
-            # Before the first output, these are vLLM refusing the request's values.
+        except (VLLMClientError, ValueError, TypeError, OverflowError, jinja2.TemplateError) as error:
+            # Before the first output, these are vLLM (or the chat template) refusing the request.
             if outputs is not None:
                 await outputs.aclose()
             raise _invalid_request(error) from error

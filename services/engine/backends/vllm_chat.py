@@ -118,8 +118,8 @@ def chat_completion_request(
         body["tools"] = [_tool(t) for t in chat.tools]
     if chat.HasField("tool_choice"):
         body["tool_choice"] = _tool_choice(chat.tool_choice)
-    if chat.HasField("parallel_tool_calls"):
-        body["parallel_tool_calls"] = chat.parallel_tool_calls
+    # Unset means one call at most: the product's API documents parallel_tool_calls as default false.
+    body["parallel_tool_calls"] = chat.HasField("parallel_tool_calls") and chat.parallel_tool_calls
     if chat.response_format.type:
         body["response_format"] = _response_format(chat.response_format)
     if chat.HasField("chat_template_kwargs_json"):
