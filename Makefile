@@ -1,6 +1,7 @@
 # The two commands the README promises; both install what they need into .venv first.
 #   make up     run the whole suite (engine, router, edge) on loopback with the embedded default
-#   make test   contract checks and the whole test suite
+#   make test   contract checks and the whole test suite, the storage tests on SQLite and on a
+#               throwaway PostgreSQL server (scripts/postgres installs Debian's package if missing)
 # Extra arguments for `switchyard up`: make up ARGS="--engine sim --http-port 8080"
 
 .PHONY: up test install bench lint protos
@@ -13,7 +14,7 @@ test:
 	scripts/bootstrap cpu,test,dev
 	scripts/check-protos
 	.venv/bin/ruff check services tests bench
-	scripts/run-tests $(ARGS)
+	scripts/postgres run -- scripts/run-tests $(ARGS)
 
 bench:
 	scripts/bootstrap cpu,test,dev

@@ -71,12 +71,15 @@ class Suite:
             load = await stub.GetLoad(engine_service_pb2.GetLoadRequest())
             return load.running_requests + load.waiting_requests
 
-    async def wait_until_idle(self, engine: EngineServer, timeout: float = 5.0) -> int:
+    async def wait_until_idle(self, engine: EngineServer, within: float = 5.0) -> int:
         """Polls the engine's own load report until nothing runs (bounded); returns what still runs."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while (running := await self.running_requests(engine)) and asyncio.get_running_loop().time() < deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            running = await self.running_requests(engine)
+            if not running or loop.time() >= deadline:
+                return running
             await asyncio.sleep(0.02)
-        return running
 
 
 @contextlib.asynccontextmanager
@@ -104,8 +107,12 @@ async def suite(tmp_path_factory) -> AsyncIterator[Suite]:
     await slow.start()
     folder: Path = tmp_path_factory.mktemp("e2e")
     registry = folder / "models.yaml"
-    registry.write_text(REGISTRY.format(fast=FAST_MODEL, slow=SLOW_MODEL, fast_port=fast.port, slow_port=slow.port))
-    accounting = AccountingSettings(database_url=f"sqlite+aiosqlite:///{folder / 'state.db'}", instance_name="e2e")
+    registry.write_text(
+        REGISTRY.format(fast=FAST_MODEL, slow=SLOW_MODEL, fast_port=fast.port, slow_port=slow.port)
+    )
+    accounting = AccountingSettings(
+        database_url=f"sqlite+aiosqlite:///{folder / 'state.db'}", instance_name="e2e"
+    )
     router = RouterServer(RouterSettings(port=0, registry_path=str(registry), accounting=accounting))
     await router.start()
     # The suite's key, made the way `switchyard up` makes its own: an admin key with ample credits.

@@ -54,10 +54,14 @@ async def test_chat_completion_answers_with_a_valid_body(suite: Suite):
     assert choice.message.content
     assert choice.finish_reason in ("stop", "length")
     assert completion.usage.completion_tokens <= 12
-    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    assert (
+        completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    )
     assert completion.model == "redacted", "model names are redacted by default, as the seeds' routers do"
 
-    raw = await post_json(suite, "/v1/chat/completions", {"model": FAST_MODEL, "messages": CHAT, "max_tokens": 12})
+    raw = await post_json(
+        suite, "/v1/chat/completions", {"model": FAST_MODEL, "messages": CHAT, "max_tokens": 12}
+    )
     assert raw.status_code == 200
     assert_matches("CreateChatCompletionResponse", raw.json())
 
@@ -89,13 +93,18 @@ async def test_chat_stream_sends_role_first_and_one_finish_per_choice(suite: Sui
         model=FAST_MODEL, messages=CHAT, max_tokens=10, temperature=0, stream=True
     )
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-    full = await suite.client().chat.completions.create(model=FAST_MODEL, messages=CHAT, max_tokens=10, temperature=0)
+    full = await suite.client().chat.completions.create(
+        model=FAST_MODEL, messages=CHAT, max_tokens=10, temperature=0
+    )
     assert text == full.choices[0].message.content
 
 
 async def test_include_usage_adds_a_last_chunk_with_empty_choices(suite: Suite):
     body = {
-        "model": FAST_MODEL, "messages": CHAT, "max_tokens": 5, "stream": True,
+        "model": FAST_MODEL,
+        "messages": CHAT,
+        "max_tokens": 5,
+        "stream": True,
         "stream_options": {"include_usage": True},
     }
     chunks = await sse_chunks(suite, "/v1/chat/completions", body)
@@ -110,7 +119,9 @@ async def test_greedy_and_seeded_sampling_repeat_themselves(suite: Suite):
     client = suite.client()
 
     async def ask(**kw) -> str:
-        completion = await client.chat.completions.create(model=FAST_MODEL, messages=CHAT, max_tokens=16, **kw)
+        completion = await client.chat.completions.create(
+            model=FAST_MODEL, messages=CHAT, max_tokens=16, **kw
+        )
         return completion.choices[0].message.content
 
     assert await ask(temperature=0) == await ask(temperature=0)
@@ -146,15 +157,23 @@ async def test_chat_logprobs_rank_the_greedy_token_first(suite: Suite):
 
 
 async def test_tool_call_is_returned_as_tool_calls(suite: Suite):
-    tools = [{
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    }]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
     completion = await suite.client().chat.completions.create(
-        model=FAST_MODEL, messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=tools,
+        model=FAST_MODEL,
+        messages=[{"role": "user", "content": "Weather in Oslo?"}],
+        tools=tools,
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
     )
     choice = completion.choices[0]
@@ -167,7 +186,9 @@ async def test_tool_call_is_returned_as_tool_calls(suite: Suite):
 async def test_json_schema_response_format_gives_parseable_json(suite: Suite):
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
     completion = await suite.client().chat.completions.create(
-        model=FAST_MODEL, messages=CHAT, max_tokens=64,
+        model=FAST_MODEL,
+        messages=CHAT,
+        max_tokens=64,
         response_format={"type": "json_schema", "json_schema": {"name": "count", "schema": schema}},
     )
     assert isinstance(json.loads(completion.choices[0].message.content)["n"], int)
@@ -210,8 +231,13 @@ async def test_echo_with_logprobs_returns_the_prompt_first(suite: Suite):
 
 
 async def test_completion_stream_validates_and_joins(suite: Suite):
-    body = {"model": FAST_MODEL, "prompt": "Tell me", "max_tokens": 8, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": FAST_MODEL,
+        "prompt": "Tell me",
+        "max_tokens": 8,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     chunks = await sse_chunks(suite, "/v1/completions", body)
     for chunk in chunks[:-1]:
         assert_matches("CreateCompletionStreamResponse", chunk)
@@ -223,7 +249,8 @@ async def test_completion_stream_validates_and_joins(suite: Suite):
 
 async def test_request_breakdown_reports_tokens_and_cost(suite: Suite):
     raw = await post_json(
-        suite, "/v1/chat/completions",
+        suite,
+        "/v1/chat/completions",
         {"model": FAST_MODEL, "messages": CHAT, "max_tokens": 5, "request_breakdown": True},
     )
     body = raw.json()
@@ -235,7 +262,8 @@ async def test_request_breakdown_reports_tokens_and_cost(suite: Suite):
     assert breakdown["stream"] is False
 
     chunks = await sse_chunks(
-        suite, "/v1/chat/completions",
+        suite,
+        "/v1/chat/completions",
         {"model": FAST_MODEL, "messages": CHAT, "max_tokens": 5, "stream": True, "request_breakdown": True},
     )
     last = chunks[-1]
@@ -245,7 +273,9 @@ async def test_request_breakdown_reports_tokens_and_cost(suite: Suite):
 
 async def test_request_id_is_echoed(suite: Suite):
     raw = await post_json(
-        suite, "/v1/chat/completions", {"model": FAST_MODEL, "messages": CHAT, "max_tokens": 2},
+        suite,
+        "/v1/chat/completions",
+        {"model": FAST_MODEL, "messages": CHAT, "max_tokens": 2},
         headers={"x-request-id": "req-e2e-123"},
     )
     assert raw.headers["x-request-id"] == "req-e2e-123"
@@ -336,7 +366,8 @@ async def test_timeout_answers_504_and_cancels_the_generation(suite: Suite):
 
 async def test_timeout_while_streaming_is_an_error_event(suite: Suite):
     chunks = await sse_chunks(
-        suite, "/v1/completions",
+        suite,
+        "/v1/completions",
         {"model": SLOW_MODEL, "prompt": "go on", "max_tokens": 400, "stream": True, "timeout": 0.3},
     )
     assert "error" in chunks[-1]
