@@ -48,6 +48,8 @@ class ChatRenderer:
             tool_parser=settings.tool_call_parser,
             reasoning_parser=settings.reasoning_parser,
         )
+        # Compiles the chat template now rather than during the first chat's time to first token.
+        self._online.warmup()
         self._model_config = llm.model_config
         self._tokenizer = llm.renderer.get_tokenizer()
 
