@@ -28,7 +28,10 @@ REDACTED = "redacted"
 class Generation:
     """One router Generate call. Iterate `deltas()` once; afterwards `usage` (and `breakdown`, when
     asked for) hold what the `finished` event said, or stay None if the stream ended without one.
-    `rate_limit_headers` are the x-ratelimit-* values the router sent as initial metadata."""
+    `rate_limit_headers` are the x-ratelimit-* values the router sent as initial metadata.
+
+    `finished` is the last event by contract, so iteration ends with it, without waiting for the
+    call's OK status (the call then completes by itself, uncancelled)."""
 
     __slots__ = ("_call", "_pending", "breakdown", "model", "rate_limit_headers", "usage")
 
@@ -80,19 +83,22 @@ class Generation:
                 if kind == "delta":
                     yield event.delta
                 elif kind == "finished":
-                    self.usage = event.finished.usage
                     if event.finished.HasField("breakdown"):
                         self.breakdown = event.finished.breakdown
+                    self.usage = event.finished.usage
+                    return
                 elif kind == "routed":
                     self.model = event.routed.model
                 event = None
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         finally:
-            call.cancel()
+            self.cancel()
 
     def cancel(self) -> None:
-        self._call.cancel()
+        """Cancels the call unless it has finished (a finished call is left to complete on its own)."""
+        if self.usage is None:
+            self._call.cancel()
 
 
 async def open_generations(

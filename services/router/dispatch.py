@@ -196,8 +196,10 @@ class Dispatcher:
                     if tag == ENGINE_DELTA_TAG and not remap and _whole_field(raw):
                         event = ROUTER_DELTA_PREFIX + raw[1:]
                     elif tag == ENGINE_FINISHED_TAG:
+                        # The last event by contract: the call's OK status adds nothing, so the
+                        # routed stream goes on without waiting for it (the call ends by itself).
                         finished = engine_pb2.GenerateResponse.FromString(raw).finished
-                        continue
+                        break
                     else:
                         event = self._parsed_delta(raw, target)
                         if event is None:
@@ -247,7 +249,8 @@ class Dispatcher:
                 continue
             finally:
                 replica.outstanding -= 1
-                call.cancel()
+                if finished is None:
+                    call.cancel()
             replica.record_success()
             served_by = replica
             if target is None:
