@@ -192,6 +192,8 @@ class SimBackend:
             if finished:
                 live = [decoder for decoder in live if not decoder.done]
             self._check_serving()
+            if not live:
+                return  # the finish goes out with the last tokens, as an engine's last step sends it
             steps += 1
             if delay:
                 await asyncio.sleep(delay)
