@@ -55,6 +55,8 @@ async def new_key(cluster: Cluster, credits: float = 10.0, **policy) -> tuple[st
 
 
 async def balance(cluster: Cluster, key_id: str) -> int:
+    """The key's balance once the settlements begun so far are written (the router does not wait)."""
+    await cluster.router.accounting.settled()
     return (await cluster.router.accounting.keys.get(key_id)).balance_nanocredits
 
 
