@@ -5,7 +5,7 @@ the router's decisions and dispatch outcomes. Per Generate call the servicer doe
     plan, cached = await metered.admit(decision, routing_time, use_cache=...)   # limits, credit hold
     await context.send_initial_metadata(metered.rate_limit_headers)
     ... dispatch `plan`, or replay `cached` (no engine work) ...
-    cost = await metered.finish(outcome, error)   # on every exit: settle, cache, log
+    cost = metered.finish(outcome, error)   # on every exit, without waiting: settle, cache, log
 
 `finish` bills `outcome.usage`: the engine's usage, or for a stream that ended early what its caller
 was sent (services.router.dispatch.bill_what_was_sent). Every request that got past authentication
@@ -245,17 +245,19 @@ class MeteredRequest:
         )
         self.rate_limit_headers = tuple(self._admission.rate_limit_headers.items())
 
-    async def finish(self, outcome: Outcome, error: BaseException | None = None) -> float:
+    def finish(self, outcome: Outcome, error: BaseException | None = None) -> float:
         """Settles the credits for `outcome.usage` (releasing the rest of the hold), stores a
-        complete deterministic response in the cache and records the request log entry. Returns the
-        cost in credits. Call it once the request ended, however it ended."""
+        complete deterministic response in the cache and records the request log entry, all
+        without waiting (the database writes run in the background). Returns the cost in credits.
+        Call it once the request ended, however it ended."""
         accounting = self._accounting
         if accounting is None:
             return outcome.cost
         cost = 0.0
         cost_nanocredits = 0
         if self._admission is not None:
-            settlement = await accounting.settle(
+            # The balance shows it a moment later; the caller does not wait for the write.
+            settlement = accounting.settle_in_background(
                 self._admission, outcome.usage, charges=charges(outcome.charges)
             )
             cost, cost_nanocredits = settlement.cost, settlement.cost_nanocredits

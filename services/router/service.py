@@ -137,9 +137,9 @@ class RouterServicer:
         except BaseException as error:
             if job is not None:
                 bill_what_was_sent(job, outcome)
-            await metered.finish(outcome, error)
+            metered.finish(outcome, error)
             raise
-        cost = await metered.finish(outcome)
+        cost = metered.finish(outcome)
 
         finished = router_pb2.GenerateFinished(usage=outcome.usage)
         finished_at = time.perf_counter()

@@ -54,6 +54,19 @@ async def test_reserve_then_settle_bills_the_usage_and_returns_the_rest(accounti
     assert_exact_ledger(figures)
 
 
+async def test_a_settlement_in_the_background_costs_the_same_and_is_written_once(accounting):
+    # The router's way: the response does not wait for its bill.
+    key_id, secret = await new_key(accounting, credits=1.0)
+    admission = await admit(accounting, secret, prompt=100, max_out=200)
+    settlement = accounting.settle_in_background(admission, usage(100, 50))
+    assert settlement.cost_nanocredits == 200_000_000
+    assert accounting.settle_in_background(admission, usage(100, 200)) is settlement
+    await accounting.settled()
+    figures = await ledger_figures(accounting.database, key_id)
+    assert (figures["balance"], figures["settlements"]) == (800_000_000, 1)
+    assert_exact_ledger(figures)
+
+
 async def test_every_step_is_a_ledger_row_tied_to_the_request(accounting):
     key_id, secret = await new_key(accounting, credits=1.0)
     admission = await admit(accounting, secret, request_id="req-ledger")

@@ -112,14 +112,14 @@ class CreditLedger:
     ) -> Reservation:
         """Holds `amount_nanocredits` of the key's balance, or raises InsufficientQuotaError."""
         reservation = Reservation(str(uuid.uuid4()), key_id, amount_nanocredits, request_id, model)
-        await self._database.write(lambda connection: self._reserve(connection, reservation))
+        await self._database.write(lambda connection: self._reserve(connection, reservation), inline=True)
         return reservation
 
     async def settle(self, reservation: Reservation, charge_nanocredits: int) -> bool:
         """Bills `charge_nanocredits` and releases the reservation's hold, in one transaction.
         False (and no change) when this reservation was settled before."""
         return await self._database.write(
-            lambda connection: self._settle(connection, reservation, charge_nanocredits)
+            lambda connection: self._settle(connection, reservation, charge_nanocredits), inline=True
         )
 
     async def release(self, reservation: Reservation, *, note: str) -> bool:

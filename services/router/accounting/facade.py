@@ -10,7 +10,8 @@ response cache. Per request, in order (services/router/metering.py is the router
     try:
         ... generate (or replay `cached`), counting usage ...
     finally:
-        # also on error or cancellation; `charges` when several models produced the usage
+        # also on error or cancellation; `charges` when several models produced the usage; the
+        # router does not wait for the write (settle_in_background)
         settlement = await accounting.settle(admission, usage, charges=...)
     accounting.cache_store(principal, model, request.input, deltas, usage)   # complete responses only
     accounting.record(RequestLogEntry(..., cost_nanocredits=settlement.cost_nanocredits))
@@ -150,8 +151,7 @@ class Accounting:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.settled()
         await self._log_writer.close()
         await self.database.dispose()
 
@@ -217,13 +217,36 @@ class Accounting:
         self, admission: Admission, usage: inference_pb2.Usage, *, charges: Sequence[Charge] | None = None
     ) -> Settlement:
         """Bills the usage (also of a failed, cancelled or timed-out request: what was generated is
-        billed) and releases the rest of the hold. `charges` split the usage by the model that
-        produced it when that is not the admitted model alone (a fallback, a resumed stream);
-        without them the usage is billed at the admission's prices. Safe to call from `finally`
-        while cancelled: the database work finishes even if the caller does not wait. Settling
-        twice returns the first result."""
+        billed) and releases the rest of the hold; returns once that is written. `charges` split the
+        usage by the model that produced it when that is not the admitted model alone (a fallback,
+        a resumed stream); without them the usage is billed at the admission's prices. Safe to call
+        from `finally` while cancelled: the database work finishes even if the caller does not
+        wait. Settling twice returns the first result."""
+        settlement, writing = self._begin_settlement(admission, usage, charges)
+        if writing is not None:
+            await asyncio.shield(writing)
+        return settlement
+
+    def settle_in_background(
+        self, admission: Admission, usage: inference_pb2.Usage, *, charges: Sequence[Charge] | None = None
+    ) -> Settlement:
+        """`settle` without the wait: what the request costs is known at once and the database
+        write runs in the background (`settled()` and `close()` wait for it), so a response never
+        waits for its bill. The key's next reservation cannot overspend meanwhile: on SQLite the
+        single writer runs it after this settlement; on PostgreSQL it may still find the larger
+        hold in place, which errs on the safe side."""
+        return self._begin_settlement(admission, usage, charges)[0]
+
+    async def settled(self) -> None:
+        """Returns once every settlement (and late release) begun so far is written."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _begin_settlement(
+        self, admission: Admission, usage: inference_pb2.Usage, charges: Sequence[Charge] | None
+    ) -> tuple[Settlement, asyncio.Task | None]:
         if admission._settlement is not None:
-            return admission._settlement
+            return admission._settlement, None
         used = usage.prompt_tokens + usage.completion_tokens
         self._limiter.release(admission._ticket, used)
         if charges is None:
@@ -232,12 +255,11 @@ class Accounting:
         settlement = admission._settlement = Settlement(cost)
         reservation = admission._reservation
         if reservation is None and cost == 0:
-            return settlement
+            return settlement, None
         if reservation is None:
             # Usage beyond an estimate of zero: bill it without a hold.
             reservation = unreserved(admission.principal.key_id, admission.request_id, admission.model)
-        await asyncio.shield(self._spawn(self._settle(reservation, cost)))
-        return settlement
+        return settlement, self._spawn(self._settle(reservation, cost))
 
     async def _reserve(self, key_id: str, amount: int, request_id: str, model: str) -> Reservation:
         task = self._spawn(self.ledger.reserve(key_id, amount, request_id=request_id, model=model))
