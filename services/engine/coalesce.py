@@ -123,14 +123,17 @@ class DeltaCollector:
 
 
 async def _produce(events: AsyncIterator[engine_pb2.GenerateResponse], collector: DeltaCollector) -> None:
+    error = None
     try:
         async with contextlib.aclosing(events):
             async for event in events:
                 collector.put(event)
-    except Exception as error:
+    except Exception as caught:
+        error = caught
+    finally:
+        # However the backend stops (even cancelled by something other than coalesce_deltas), the
+        # writer learns that nothing more will come rather than waiting for ever.
         collector.end(error)
-    else:
-        collector.end()
 
 
 async def coalesce_deltas(

@@ -201,3 +201,13 @@ async def test_cancelling_the_consumer_stops_the_backend():
     with pytest.raises(asyncio.CancelledError):
         await consumer
     assert backend.closed.is_set()
+
+
+async def test_a_backend_that_stops_without_an_error_or_a_finish_ends_the_stream():
+    async def cancelled_from_within() -> AsyncIterator[engine_pb2.GenerateResponse]:
+        yield delta_event(text="a", token_ids=[1])
+        raise asyncio.CancelledError  # not the consumer's doing: it still waits for output
+
+    async with asyncio.timeout(10):  # a bound on the failure (a hang), not a synchronisation
+        events = [event async for event in coalesce_deltas(cancelled_from_within())]
+    assert [event.delta.text for event in events] == ["a"]
