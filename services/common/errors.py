@@ -143,7 +143,9 @@ class RemoteError(Exception):
     def to_status(self) -> grpc.Status:
         """Pass the error on unchanged (a router relaying an engine's answer)."""
         detail = any_pb2.Any()
-        detail.Pack(error_details_pb2.ErrorInfo(domain=ERROR_DOMAIN, reason=self.reason, metadata=self.metadata))
+        detail.Pack(
+            error_details_pb2.ErrorInfo(domain=ERROR_DOMAIN, reason=self.reason, metadata=self.metadata)
+        )
         return rpc_status.to_status(
             status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
         )

@@ -121,7 +121,8 @@ class GrpcServer:
         await self.set_serving(True)
 
     async def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        statuses = health_pb2.HealthCheckResponse
+        status = statuses.SERVING if serving else statuses.NOT_SERVING
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
 
