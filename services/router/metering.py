@@ -2,7 +2,7 @@
 the router's decisions and dispatch outcomes. Per Generate call the servicer does:
 
     metered = await metering.begin(request, context)   # authenticates: UNAUTHENTICATED otherwise
-    plan, cached = await metered.admit(decision, routing_time, use_cache=...)   # limits, credit hold
+    plan, cached = await metered.admit(decision, routing_time)   # cache lookup, limits, credit hold
     await context.send_initial_metadata(metered.rate_limit_headers)
     ... dispatch `plan`, or replay `cached` (no engine work) ...
     cost = metered.finish(outcome, error)   # on every exit, without waiting: settle, cache, log
@@ -115,7 +115,7 @@ async def replay(
 
 
 class Metering:
-    """The router's accounting, or None when it is disabled."""
+    """What the router's RPCs ask of its accounting (`accounting` is None when it is disabled)."""
 
     def __init__(self, accounting: Accounting | None, *, reveal_model_names: bool) -> None:
         self.accounting = accounting
