@@ -251,20 +251,19 @@ class Suite:
     pids: dict[str, int]
 
 
-def start_suite(database_dir: str | None) -> Suite:
-    """`switchyard up --engine sim` on free ports; with accounting on a database in
-    `database_dir`, or with accounting off when that is None."""
+def start_suite(database_dir: str, accounting: bool) -> Suite:
+    """`switchyard up --engine sim` on free ports, its database (which `up` makes even when the
+    router's accounting is off) in `database_dir`."""
     http, router, engine = free_port(), free_port(), free_port()
     command = [
         sys.executable, "-m", "services.cli", "up", "--engine", "sim", "--api-key", API_KEY,
         "--http-port", str(http), "--router-port", str(router), "--engine-port", str(engine),
         "--log-level", "WARNING", "--startup-timeout", "120",
+        "--database", f"sqlite+aiosqlite:///{database_dir}/{'accounting' if accounting else 'unused'}.db",
     ]
     env = dict(os.environ)
-    if database_dir is None:
+    if not accounting:
         env["SWITCHYARD_ROUTER_ACCOUNTING__ENABLED"] = "false"
-    else:
-        command += ["--database", f"sqlite+aiosqlite:///{database_dir}/bench.db"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     for line in process.stdout:
         if "is up" in line:
@@ -284,8 +283,8 @@ async def measure(args) -> list[Result]:
     suites: dict[str, Suite] = {}
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as database_dir:
         try:
-            suites["gateway"] = start_suite(None)
-            suites["gateway+acct"] = start_suite(database_dir)
+            suites["gateway"] = start_suite(database_dir, accounting=False)
+            suites["gateway+acct"] = start_suite(database_dir, accounting=True)
             # Every process of both suites: CPU per request counts whichever path did the work.
             pids = {
                 f"{name}{'+acct' if path == 'gateway+acct' else ''}": pid
