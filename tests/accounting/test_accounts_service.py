@@ -164,3 +164,23 @@ async def test_key_administration_is_for_admins(stub, secrets):
     assert error.code == grpc.StatusCode.UNAUTHENTICATED
     error = await failure(stub.RevokeApiKey(pb.RevokeApiKeyRequest(key_id="key_nope"), metadata=admin))
     assert error.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_router_that_reveals_model_names_to_everyone_reveals_them_here_too(accounting, secrets):
+    server = GrpcServer([SERVICE_NAME], "127.0.0.1:0")
+    servicer = AccountsServicer(accounting, reveal_model_names=True)
+    pb_grpc.add_AccountsServiceServicer_to_server(servicer, server.server)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.AccountsServiceStub(channel)
+            usage = await stub.GetUsage(pb.GetUsageRequest(), metadata=bearer(secrets["customer"]))
+            record = (
+                await stub.GetRequest(
+                    pb.GetRequestRequest(request_id="req-0"), metadata=bearer(secrets["customer"])
+                )
+            ).request
+    finally:
+        await server.stop(None)
+    assert [bucket.model for bucket in usage.buckets] == ["acme/large"]
+    assert (record.model, record.provider) == ("acme/large", "acme")
