@@ -120,9 +120,38 @@ def from_rpc_error(error: grpc.RpcError) -> ApiError:
     return from_remote(RemoteError.from_rpc_error(error))
 
 
+# pydantic's type errors -> what OpenAI says the parameter should have been.
+_EXPECTED_TYPES = {
+    "float_type": "a number",
+    "int_type": "an integer",
+    "bool_type": "a boolean",
+    "string_type": "a string",
+    "list_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+}
+
+
+def _json_type(value: Any) -> str:
+    """OpenAI's name for the JSON type of a value in its "but got ... instead" messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
 def from_validation_error(error: ValidationError) -> ApiError:
     """The first problem of a request body that did not validate, naming its parameter."""
-    errors = error.errors(include_url=False, include_context=False, include_input=False)
+    errors = error.errors(include_url=False, include_context=False)
     first = errors[0]
     if first["type"] == "json_invalid":
         return ApiError(400, "We could not parse the JSON body of your request: it is not valid JSON.")
@@ -131,6 +160,12 @@ def from_validation_error(error: ValidationError) -> ApiError:
         message = "The request body must be a JSON object." if first["type"] == "model_type" else first["msg"]
         return ApiError(400, message)
     more = f" ({len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    expected = _EXPECTED_TYPES.get(first["type"])
+    if expected is not None:
+        got = _json_type(first.get("input"))
+        return ApiError(
+            400, f"Invalid type for '{param}': expected {expected}, but got {got} instead.{more}", param=param
+        )
     return ApiError(400, f"Invalid value for '{param}': {first['msg']}.{more}", param=param)
 
 

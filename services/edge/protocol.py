@@ -6,6 +6,9 @@ object per streamed chunk would cost more than the chunk itself. Nothing here kn
 Conventions:
 - Unknown fields are accepted and ignored (`extra="allow"`) so that a newer SDK never breaks a
   request; serving logs their names at DEBUG (`unknown_fields`).
+- Types are strict, as OpenAI's are: `"temperature": "0.5"`, `"stream": "yes"`, `"n": 2.0` or
+  `"max_tokens": true` are refused ("Invalid type for 'temperature': expected a number, but got a
+  string instead."), never converted. JSON integers are numbers, so `"temperature": 1` is fine.
 - An explicit JSON `null` means the same as leaving the field out, as in OpenAI's API.
 - Unions are told apart by the JSON type of the value (callable discriminators), so a bad value gets
   one error at its exact place (`prompt[3]`, `messages[0].content[1].image_url.url`) instead of one
@@ -87,7 +90,8 @@ def _type_tag(value: Any) -> str | None:
 
 
 class WireModel(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    # strict: see the module docstring (pydantic's strict JSON mode still takes integers for floats).
+    model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True)
 
     @model_validator(mode="before")
     @classmethod

@@ -192,3 +192,33 @@ def test_a_body_that_is_not_an_object_is_a_400():
     with pytest.raises(ApiError) as caught:
         parse_request(b"[1, 2]", ChatCompletionRequest, "test")
     assert caught.value.status == 400 and "object" in caught.value.message
+
+
+# --- strict JSON types, as OpenAI checks them ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("parse", "body", "param", "message"),
+    [
+        (completion, {"temperature": "0.5"}, "temperature", "expected a number, but got a string"),
+        (completion, {"stream": "yes"}, "stream", "expected a boolean, but got a string"),
+        (completion, {"max_tokens": True}, "max_tokens", "expected an integer, but got a boolean"),
+        (completion, {"n": "2"}, "n", "expected an integer, but got a string"),
+        (completion, {"echo": "true"}, "echo", "expected a boolean, but got a string"),
+        (completion, {"logprobs": True}, "logprobs", "expected an integer, but got a boolean"),
+        (completion, {"ignore_eos": "on"}, "ignore_eos", "expected a boolean, but got a string"),
+        (chat, {"n": 2.0}, "n", "expected an integer, but got a decimal"),
+        (chat, {"stream": 0}, "stream", "expected a boolean, but got an integer"),
+        (chat, {"logprobs": "true"}, "logprobs", "expected a boolean, but got a string"),
+        (chat, {"stream_options": "usage"}, "stream_options", "expected an object, but got a string"),
+    ],
+)
+def test_a_value_of_the_wrong_json_type_is_refused_not_converted(parse, body, param, message):
+    error = refusal(parse, **body)
+    assert error.param == param
+    assert error.message.startswith(f"Invalid type for '{param}': {message} instead.")
+
+
+def test_json_integers_are_numbers():
+    request = completion(temperature=1, top_p=1, presence_penalty=-1)
+    assert (request.temperature, request.top_p, request.presence_penalty) == (1.0, 1.0, -1.0)
