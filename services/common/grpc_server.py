@@ -4,6 +4,7 @@ reflection and the shutdown order (health NOT_SERVING -> stop with grace -> clos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -59,45 +60,38 @@ class ServiceErrorInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
-def _log_rpc(method: str, code: str, started: float) -> None:
-    logger.info("rpc %s %s %.1fms", method, code, (time.perf_counter() - started) * 1000)
+@contextlib.asynccontextmanager
+async def _served(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+    """One RPC's scope: typed errors become statuses, and one log line says how it ended."""
+    started, code = time.perf_counter(), "OK"
+    try:
+        yield
+    except asyncio.CancelledError:
+        code = "CANCELLED"
+        raise
+    except grpc.aio.AbortError:
+        code = "ABORTED"
+        raise
+    except Exception as error:
+        code = getattr(getattr(error, "code", None), "name", None) or "ERROR"
+        await _abort_for(context, method, error)
+    finally:
+        logger.info("rpc %s %s %.1fms", method, code, (time.perf_counter() - started) * 1000)
 
 
 def _wrap_unary(behavior, method: str):
     async def wrapper(request, context: grpc.aio.ServicerContext):
-        started, code = time.perf_counter(), "OK"
-        try:
+        async with _served(context, method):
             return await behavior(request, context)
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as error:
-            code = getattr(getattr(error, "code", None), "name", None) or "ERROR"
-            if isinstance(error, grpc.aio.AbortError):
-                raise
-            await _abort_for(context, method, error)
-        finally:
-            _log_rpc(method, code, started)
 
     return wrapper
 
 
 def _wrap_stream(behavior, method: str):
     async def wrapper(request, context: grpc.aio.ServicerContext) -> AsyncIterator:
-        started, code = time.perf_counter(), "OK"
-        try:
+        async with _served(context, method):
             async for response in behavior(request, context):
                 yield response
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as error:
-            code = getattr(getattr(error, "code", None), "name", None) or "ERROR"
-            if isinstance(error, grpc.aio.AbortError):
-                raise
-            await _abort_for(context, method, error)
-        finally:
-            _log_rpc(method, code, started)
 
     return wrapper
 
