@@ -2,7 +2,8 @@
 limits and checks the key on every call (issue 5: one owner of state), so internal gRPC callers
 and REST callers are authenticated alike. The edge only refuses a request that carries no usable
 key at all, as OpenAI does before it looks at the body (OpenAI clients always send one; with the
-router's accounting disabled any key is accepted)."""
+router's accounting disabled any key is accepted). A wrong key with a bad body is a 401 too: the
+body's 400 waits for the router's key check (serving.parse_authenticated)."""
 
 from __future__ import annotations
 

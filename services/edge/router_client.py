@@ -51,6 +51,10 @@ class RouterClient:
             raise from_rpc_error(error) from None
         return response.model
 
+    async def authenticate(self, *, metadata: Metadata, grpc_timeout: float) -> None:
+        """Returns when the router accepts the key in `metadata`; raises the ApiError it answers."""
+        await _unary(self._stub.Authenticate, router_pb2.AuthenticateRequest(), metadata, grpc_timeout)
+
     async def get_usage(
         self, request: accounts_pb2.GetUsageRequest, *, metadata: Metadata, grpc_timeout: float
     ) -> accounts_pb2.GetUsageResponse:

@@ -11,6 +11,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
+from services.edge.context import RequestContext
 from services.edge.errors import (
     ApiError,
     from_invalid_parameter,
@@ -19,6 +20,7 @@ from services.edge.errors import (
 )
 from services.edge.generation import Generation
 from services.edge.protocol import InvalidParameter, unknown_fields
+from services.edge.router_client import RouterClient
 from services.edge.sse import DONE, error_event
 from services.edge.translate import sum_usage
 from switchyard.inference.v1 import inference_pb2 as inference
@@ -39,6 +41,32 @@ def parse_request(body: bytes, model: type[RequestModel], request_id: str) -> Re
     if request.model_extra:
         logger.debug("request %s: ignoring unknown fields %s", request_id, unknown_fields(request))
     return request
+
+
+async def parse_authenticated(
+    router: RouterClient, body: bytes, model: type[RequestModel], ctx: RequestContext
+) -> RequestModel:
+    """`parse_request`, with OpenAI's order of refusals: a wrong key is a 401 whatever the body.
+
+    The router owns keys and Generate checks the key itself, so a body that parses costs no extra
+    call. Only a body about to be refused is held until the router has confirmed the key
+    (RouterService.Authenticate, served from the router's key cache). If the router cannot say
+    (unavailable), the body's own 400 stands: it is true, and more useful than a 503.
+    """
+    try:
+        return parse_request(body, model, ctx.request_id)
+    except ApiError as refusal:
+        raise (await _key_refusal(router, ctx) or refusal) from None
+
+
+async def _key_refusal(router: RouterClient, ctx: RequestContext) -> ApiError | None:
+    try:
+        await router.authenticate(metadata=ctx.metadata(), grpc_timeout=ctx.timeout)
+    except ApiError as error:
+        if error.status == 401:
+            return error
+        logger.warning("request %s: could not check the key (%d): %s", ctx.request_id, error.status, error)
+    return None
 
 
 def json_response(body: dict[str, Any]) -> Response:

@@ -24,7 +24,7 @@ from services.edge.serving import (
     event_stream,
     incomplete,
     json_response,
-    parse_request,
+    parse_authenticated,
     total_usage,
     with_rate_limit_headers,
 )
@@ -38,7 +38,7 @@ class ChatServing:
         self._router = router
 
     async def create(self, body: bytes, ctx: RequestContext) -> Response:
-        request = parse_request(body, ChatCompletionRequest, ctx.request_id)
+        request = await parse_authenticated(self._router, body, ChatCompletionRequest, ctx)
         generation = await Generation.open(
             self._router,
             translate.chat_generate_request(request, ctx.request_id),

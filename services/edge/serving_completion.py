@@ -21,7 +21,7 @@ from services.edge.serving import (
     event_stream,
     incomplete,
     json_response,
-    parse_request,
+    parse_authenticated,
     total_usage,
     with_rate_limit_headers,
 )
@@ -35,7 +35,7 @@ class CompletionServing:
         self._router = router
 
     async def create(self, body: bytes, ctx: RequestContext) -> Response:
-        request = parse_request(body, CompletionRequest, ctx.request_id)
+        request = await parse_authenticated(self._router, body, CompletionRequest, ctx)
         generate_requests = translate.completion_generate_requests(request, ctx.request_id)
         generations = await open_generations(
             self._router,

@@ -1,4 +1,5 @@
-"""RouterService: Route (the decision only), Generate (routed generation), ListModels, GetModel."""
+"""RouterService: Route (the decision only), Generate (routed generation), ListModels, GetModel,
+Authenticate (the key check alone)."""
 
 from __future__ import annotations
 
@@ -199,6 +200,12 @@ class RouterServicer:
             raise PermissionDeniedError(f"This API key may not use the model '{request.id}'.")
         return router_pb2.GetModelResponse(model=model_message(registry, entry))
 
+    async def Authenticate(
+        self, request: router_pb2.AuthenticateRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.AuthenticateResponse:
+        await self._metering.authenticate(context.invocation_metadata())
+        return router_pb2.AuthenticateResponse()
+
 
 def add_to_server(servicer: RouterServicer, server: grpc.aio.Server) -> None:
     """Registers the service like the generated add_RouterServiceServicer_to_server, except that
@@ -223,6 +230,11 @@ def add_to_server(servicer: RouterServicer, server: grpc.aio.Server) -> None:
             servicer.GetModel,
             request_deserializer=router_pb2.GetModelRequest.FromString,
             response_serializer=router_pb2.GetModelResponse.SerializeToString,
+        ),
+        "Authenticate": grpc.unary_unary_rpc_method_handler(
+            servicer.Authenticate,
+            request_deserializer=router_pb2.AuthenticateRequest.FromString,
+            response_serializer=router_pb2.AuthenticateResponse.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -305,6 +305,18 @@ async def test_wrong_or_missing_key_is_401(suite: Suite):
     assert_matches("ErrorResponse", response.json())
 
 
+@pytest.mark.parametrize("body", [b"{bad", b'{"messages": "x", "prompt": 3}'])
+async def test_a_wrong_key_is_401_before_the_body_is_looked_at(suite: Suite, body):
+    async with httpx.AsyncClient(base_url=suite.base_url) as http:
+        for path in ("/v1/chat/completions", "/v1/completions"):
+            response = await http.post(path, content=body, headers={"Authorization": "Bearer nope"})
+            assert response.status_code == 401, path
+            assert response.json()["error"]["code"] == "invalid_api_key"
+            # With the right key, the same body is the caller's mistake.
+            response = await http.post(path, content=body, headers=AUTH)
+            assert response.status_code == 400, path
+
+
 async def test_invalid_parameter_is_400_naming_it(suite: Suite):
     with pytest.raises(openai.BadRequestError) as caught:
         await suite.client().chat.completions.create(model=FAST_MODEL, messages=CHAT, temperature=5)

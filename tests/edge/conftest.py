@@ -125,6 +125,8 @@ class FakeRouter(router_grpc.RouterServiceServicer):
         # The keys it accepts, as the real router's key store would.
         self.api_keys = {API_KEY}
         self.accounts = FakeAccounts(self)
+        # How many Authenticate calls reached it (the edge makes one only for a body it refuses).
+        self.key_checks = 0
 
     def reset(self) -> None:
         self.script = words_script
@@ -132,6 +134,7 @@ class FakeRouter(router_grpc.RouterServiceServicer):
         self.new_call = asyncio.Event()
         self.api_keys = {API_KEY}
         self.accounts.reset()
+        self.key_checks = 0
 
     def authenticate(self, context: grpc.aio.ServicerContext) -> None:
         """What the real router does first on every call: the key must be one it knows."""
@@ -162,6 +165,11 @@ class FakeRouter(router_grpc.RouterServiceServicer):
             if model.id == request.id:
                 return router_pb2.GetModelResponse(model=model)
         raise ModelNotFoundError(request.id)
+
+    async def Authenticate(self, request, context):
+        self.key_checks += 1
+        self.authenticate(context)
+        return router_pb2.AuthenticateResponse()
 
     async def next_call(self) -> Call:
         """The next Generate call to reach the router."""

@@ -55,6 +55,24 @@ async def test_a_request_without_a_key_is_401_before_its_body_is_read(edge: Edge
     assert edge.router.calls == [], "a request without a key never reaches the router"
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+@pytest.mark.parametrize("body", [b"{not json", b'{"prompt": "x", "messages": [], "temperature": 5}'])
+async def test_a_wrong_key_is_401_even_when_the_body_is_bad_too(edge: Edge, path, body):
+    headers = {"Authorization": "Bearer sy-wrong", "content-type": "application/json"}
+    async with edge.http() as http:
+        response = await http.post(path, content=body, headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+async def test_the_key_is_checked_separately_only_for_a_body_that_is_refused(edge: Edge):
+    await edge.openai().chat.completions.create(model="auto", messages=CHAT)
+    assert edge.router.key_checks == 0, "a good request costs no extra router call"
+    with pytest.raises(openai.BadRequestError):
+        await edge.openai().chat.completions.create(model="auto", messages=CHAT, temperature=5)
+    assert edge.router.key_checks == 1
+
+
 async def test_a_bad_parameter_is_400_naming_it(edge: Edge):
     with pytest.raises(openai.BadRequestError) as caught:
         await edge.openai().chat.completions.create(model="auto", messages=CHAT, temperature=5)

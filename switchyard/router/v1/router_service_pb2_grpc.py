@@ -74,6 +74,11 @@ class RouterServiceStub:
                 request_serializer=switchyard_dot_router_dot_v1_dot_router__service__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=switchyard_dot_router_dot_v1_dot_router__service__pb2.GetModelResponse.FromString,
                 _registered_method=True)
+        self.Authenticate = channel.unary_unary(
+                '/switchyard.router.v1.RouterService/Authenticate',
+                request_serializer=switchyard_dot_router_dot_v1_dot_router__service__pb2.AuthenticateRequest.SerializeToString,
+                response_deserializer=switchyard_dot_router_dot_v1_dot_router__service__pb2.AuthenticateResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -127,6 +132,16 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Authenticate(self, request, context):
+        """Checks the caller's key and nothing else: OK when the key is accepted, UNAUTHENTICATED otherwise.
+        For callers that must refuse a bad key before anything else about a request (the edge, which
+        answers 401 rather than 400 for a wrong key with a malformed body, as OpenAI does). Served from
+        the router's key cache, so it is cheap; Generate checks the key itself, so callers need not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +164,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=switchyard_dot_router_dot_v1_dot_router__service__pb2.GetModelRequest.FromString,
                     response_serializer=switchyard_dot_router_dot_v1_dot_router__service__pb2.GetModelResponse.SerializeToString,
+            ),
+            'Authenticate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Authenticate,
+                    request_deserializer=switchyard_dot_router_dot_v1_dot_router__service__pb2.AuthenticateRequest.FromString,
+                    response_serializer=switchyard_dot_router_dot_v1_dot_router__service__pb2.AuthenticateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -279,6 +299,33 @@ class RouterService:
             '/switchyard.router.v1.RouterService/GetModel',
             switchyard_dot_router_dot_v1_dot_router__service__pb2.GetModelRequest.SerializeToString,
             switchyard_dot_router_dot_v1_dot_router__service__pb2.GetModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Authenticate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.router.v1.RouterService/Authenticate',
+            switchyard_dot_router_dot_v1_dot_router__service__pb2.AuthenticateRequest.SerializeToString,
+            switchyard_dot_router_dot_v1_dot_router__service__pb2.AuthenticateResponse.FromString,
             options,
             channel_credentials,
             insecure,

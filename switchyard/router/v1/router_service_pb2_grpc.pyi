@@ -61,6 +61,12 @@ class RouterServiceStub:
     """The models callers may ask for."""
     GetModel: _grpc.UnaryUnaryMultiCallable[_router_service_pb2.GetModelRequest, _router_service_pb2.GetModelResponse]
     """One model by id or alias."""
+    Authenticate: _grpc.UnaryUnaryMultiCallable[_router_service_pb2.AuthenticateRequest, _router_service_pb2.AuthenticateResponse]
+    """Checks the caller's key and nothing else: OK when the key is accepted, UNAUTHENTICATED otherwise.
+    For callers that must refuse a bad key before anything else about a request (the edge, which
+    answers 401 rather than 400 for a wrong key with a malformed body, as OpenAI does). Served from
+    the router's key cache, so it is cheap; Generate checks the key itself, so callers need not.
+    """
 
 @_typing.type_check_only
 class RouterServiceAsyncStub(RouterServiceStub):
@@ -95,6 +101,12 @@ class RouterServiceAsyncStub(RouterServiceStub):
     """The models callers may ask for."""
     GetModel: _aio.UnaryUnaryMultiCallable[_router_service_pb2.GetModelRequest, _router_service_pb2.GetModelResponse]  # type: ignore[assignment]
     """One model by id or alias."""
+    Authenticate: _aio.UnaryUnaryMultiCallable[_router_service_pb2.AuthenticateRequest, _router_service_pb2.AuthenticateResponse]  # type: ignore[assignment]
+    """Checks the caller's key and nothing else: OK when the key is accepted, UNAUTHENTICATED otherwise.
+    For callers that must refuse a bad key before anything else about a request (the edge, which
+    answers 401 rather than 400 for a wrong key with a malformed body, as OpenAI does). Served from
+    the router's key cache, so it is cheap; Generate checks the key itself, so callers need not.
+    """
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     """RouterService scores a request, picks the model and the engine replica, runs it there and falls
@@ -150,5 +162,17 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_router_service_pb2.GetModelResponse, _abc.Awaitable[_router_service_pb2.GetModelResponse]]:
         """One model by id or alias."""
+
+    @_abc_1.abstractmethod
+    def Authenticate(
+        self,
+        request: _router_service_pb2.AuthenticateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_service_pb2.AuthenticateResponse, _abc.Awaitable[_router_service_pb2.AuthenticateResponse]]:
+        """Checks the caller's key and nothing else: OK when the key is accepted, UNAUTHENTICATED otherwise.
+        For callers that must refuse a bad key before anything else about a request (the edge, which
+        answers 401 rather than 400 for a wrong key with a malformed body, as OpenAI does). Served from
+        the router's key cache, so it is cheap; Generate checks the key itself, so callers need not.
+        """
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
