@@ -53,6 +53,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             )
         if not request.request_id:
             request.request_id = _request_id_from(context) or uuid.uuid4().hex
+        normalize_sampling(request.input.sampling)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "generate %s input: %s", request.request_id, text_format.MessageToString(request.input)
@@ -103,6 +104,15 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         load = await self._backend.load()
         load.serving = load.serving and self.accepting
         return load
+
+
+def normalize_sampling(sampling: inference_pb2.SamplingParams) -> None:
+    """Rewrites, in place, what OpenAI allows but the backends do not take as such, so that every
+    backend behaves alike: `top_p: 0` (OpenAI's range is [0, 1]; vLLM and the sim want (0, 1])
+    keeps only the most likely token, which is greedy decoding, so it becomes temperature 0."""
+    if sampling.HasField("top_p") and sampling.top_p == 0:
+        sampling.ClearField("top_p")
+        sampling.temperature = 0.0
 
 
 def _request_id_from(context: grpc.aio.ServicerContext) -> str | None:

@@ -128,6 +128,23 @@ async def test_greedy_and_seeded_sampling_repeat_themselves(suite: Suite):
     assert await ask(temperature=1.0, seed=7) == await ask(temperature=1.0, seed=7)
 
 
+async def test_top_p_0_is_accepted_and_keeps_only_the_most_likely_token(suite: Suite):
+    async def text(**sampling) -> str:
+        completion = await suite.client().completions.create(
+            model=FAST_MODEL,
+            prompt="Once upon a time",
+            max_tokens=12,
+            extra_body={"cache": False},
+            **sampling,
+        )
+        return completion.choices[0].text
+
+    greedy = await text(temperature=0)
+    assert await text(top_p=0, temperature=1.5, seed=1) == greedy
+    assert await text(top_p=0, temperature=1.5, seed=2) == greedy
+    assert await text(temperature=1.5, seed=1) != greedy, "without top_p 0 these seeds sample"
+
+
 async def test_stop_sequence_ends_the_text_before_it(suite: Suite):
     client = suite.client()
     prompt = "Count the ways:"
