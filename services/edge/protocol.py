@@ -36,6 +36,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 MAX_N = 128
+# OpenAI's bounds for best_of: 0 (the schema's minimum; the same as leaving it out) to 20.
+MAX_BEST_OF = 20
 MAX_PROMPTS = 128
 MAX_STOP_SEQUENCES = 4
 MAX_COMPLETION_LOGPROBS = 5
@@ -235,7 +237,8 @@ class CompletionRequest(GenerationRequest):
     prompt: Prompt
     # The seeds and OpenAI: 16 when not given. 0 is allowed (echo alone scores a prompt).
     max_tokens: int = Field(default=16, ge=0)
-    best_of: int | None = Field(default=None, ge=1, le=MAX_N)
+    # 0 means the same as leaving it out (see MAX_BEST_OF); `candidates` is what reaches the engine.
+    best_of: int | None = Field(default=None, ge=0, le=MAX_BEST_OF)
     # The chosen token's logprob plus this many alternatives per position.
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: bool = False
@@ -243,12 +246,17 @@ class CompletionRequest(GenerationRequest):
     @model_validator(mode="after")
     def _check_rules(self) -> CompletionRequest:
         self._check_shared_rules(self.max_tokens)
-        if self.best_of is not None:
+        if self.best_of:
             if self.best_of < self.n:
                 raise InvalidParameter(f"best_of ({self.best_of}) must be at least n ({self.n}).", "best_of")
             if self.stream:
                 raise InvalidParameter("best_of cannot be used with stream.", "best_of")
         return self
+
+    @property
+    def candidates(self) -> int | None:
+        """best_of as the engine takes it: None when not asked for (given as 0 or left out)."""
+        return self.best_of or None
 
     def prompts(self) -> list[str | list[int]]:
         """Each prompt of the request on its own (a string or a token-id list)."""

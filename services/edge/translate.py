@@ -130,7 +130,7 @@ def completion_generate_requests(
         request,
         max_tokens=request.max_tokens,
         logprobs=request.logprobs,
-        best_of=request.best_of,
+        best_of=request.candidates,
         echo=request.echo,
     )
     prompts = request.prompts()

@@ -49,6 +49,10 @@ def test_every_prompt_shape_of_the_spec_is_accepted(prompt, prompts):
     assert completion(prompt=prompt).prompts() == prompts
 
 
+def test_best_of_takes_openais_range_where_0_means_not_given():
+    assert (completion(best_of=0).candidates, completion(best_of=20, n=20).candidates) == (None, 20)
+
+
 def test_null_means_the_same_as_absent():
     request = completion(max_tokens=None, n=None, stop=None, temperature=None)
     assert (request.max_tokens, request.n, request.stop, request.temperature) == (16, 1, None, None)
@@ -130,6 +134,8 @@ def test_named_tool_choice_and_json_schema_format_are_accepted():
         ({"logprobs": 6}, "logprobs"),
         ({"max_tokens": -1}, "max_tokens"),
         ({"best_of": 1, "n": 2}, "best_of"),
+        ({"best_of": 21}, "best_of"),
+        ({"best_of": -1}, "best_of"),
         ({"best_of": 2, "stream": True}, "best_of"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"min_tokens": 20, "max_tokens": 10}, "min_tokens"),
