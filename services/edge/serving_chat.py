@@ -88,20 +88,17 @@ class ChatServing:
     async def _chunks(
         request: ChatCompletionRequest, generation: Generation, encoder: ChunkEncoder, ctx: RequestContext
     ) -> AsyncGenerator[bytes, None]:
-        # Every choice opens with the assistant role, as OpenAI streams it.
-        for index in range(request.n):
-            yield encoder.choice(
-                {
-                    "index": index,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            )
         with_logprobs = request.logprobs
         first_choice_text: list[str] | None = (
             [] if request.request_breakdown and not request.disable_log else None
         )
+        # Choices whose role delta is still to be sent. It waits for their first output because, as
+        # OpenAI streams it, a text choice opens with its own {"role", "content": ""} chunk while a
+        # tool call carries the role itself with content null (so the OpenAI SDK's accumulated
+        # message has content None, not "").
+        unopened = [True] * request.n
+        unfinished = request.n
+        last: bytes | None = None
         async for delta in generation.deltas():
             content: dict[str, Any] = {}
             if delta.text:
@@ -112,12 +109,25 @@ class ChatServing:
                 content["reasoning"] = delta.reasoning
             if delta.tool_calls:
                 content["tool_calls"] = translate.tool_call_chunks(delta.tool_calls)
+            if unopened[delta.index]:
+                unopened[delta.index] = False
+                if "tool_calls" in content and "content" not in content:
+                    content = {"role": "assistant", "content": None, **content}
+                else:
+                    yield encoder.choice(
+                        {
+                            "index": delta.index,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    )
             if not content and not delta.finish_reason and not delta.logprobs:
                 continue
             logprobs = None
             if with_logprobs:
                 logprobs = {"content": translate.chat_logprobs_content(delta.logprobs), "refusal": None}
-            yield encoder.choice(
+            chunk = encoder.choice(
                 {
                     "index": delta.index,
                     "delta": content,
@@ -125,8 +135,19 @@ class ChatServing:
                     "finish_reason": _FINISH_REASONS.get(delta.finish_reason),
                 }
             )
+            if delta.finish_reason:
+                unfinished -= 1
+                if not unfinished:
+                    # The last finish_reason waits for the router's `finished` event: if the call fails
+                    # in between (its deadline passes), the client gets the error instead of a
+                    # finish_reason followed by an error.
+                    last = chunk
+                    continue
+            yield chunk
         usage = total_usage([generation], ctx.request_id)
         ctx.access.record_usage(usage)
+        if last is not None:
+            yield last
         completion_message = {"role": "assistant", "content": "".join(first_choice_text or ())}
         breakdown = _breakdown(request, generation, completion_message)
         if breakdown is not None:

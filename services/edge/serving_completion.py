@@ -107,6 +107,8 @@ class CompletionServing:
         first_choice_text: list[str] | None = (
             [] if request.request_breakdown and not request.disable_log else None
         )
+        unfinished = n * len(generations)
+        last: bytes | None = None
         async for position, delta in interleave([generation.deltas() for generation in generations]):
             if not delta.text and not delta.finish_reason and not delta.logprobs:
                 continue
@@ -119,7 +121,7 @@ class CompletionServing:
                 logprobs = entries.as_dict()
             if first_choice_text is not None and index == 0:
                 first_choice_text.append(delta.text)
-            yield encoder.choice(
+            chunk = encoder.choice(
                 {
                     "index": index,
                     "text": delta.text,
@@ -127,8 +129,18 @@ class CompletionServing:
                     "finish_reason": _FINISH_REASONS.get(delta.finish_reason),
                 }
             )
+            if delta.finish_reason:
+                unfinished -= 1
+                if not unfinished:
+                    # Held until the router's `finished` event (see serving_chat: never a
+                    # finish_reason followed by an error).
+                    last = chunk
+                    continue
+            yield chunk
         usage = total_usage(generations, ctx.request_id)
         ctx.access.record_usage(usage)
+        if last is not None:
+            yield last
         breakdown = _breakdown(request, generations, "".join(first_choice_text or ()))
         if breakdown is not None:
             # Its own chunk with an empty text and no finish_reason, so that every choice still has

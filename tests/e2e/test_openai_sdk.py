@@ -200,6 +200,34 @@ async def test_tool_call_is_returned_as_tool_calls(suite: Suite):
     assert isinstance(json.loads(call.function.arguments)["city"], str)
 
 
+async def test_a_streamed_tool_call_accumulates_to_null_content_and_text_opens_with_empty_content(
+    suite: Suite,
+):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    async with suite.client().chat.completions.stream(
+        model=FAST_MODEL,
+        messages=[{"role": "user", "content": "Weather in Oslo?"}],
+        tools=tools,
+        tool_choice="required",
+    ) as stream:
+        chunks = [event.chunk async for event in stream if event.type == "chunk"]
+        message = (await stream.get_final_completion()).choices[0].message
+    assert message.content is None and message.tool_calls
+    opening = chunks[0].choices[0].delta
+    assert (opening.role, opening.content, opening.tool_calls[0].function.name) == (
+        "assistant",
+        None,
+        "get_weather",
+    )
+
+    stream = await suite.client().chat.completions.create(
+        model=FAST_MODEL, messages=CHAT, max_tokens=3, stream=True
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[0].choices[0].delta.model_dump(exclude_none=True) == {"role": "assistant", "content": ""}
+    assert all(choice.delta.tool_calls is None for chunk in chunks for choice in chunk.choices)
+
+
 async def test_json_schema_response_format_gives_parseable_json(suite: Suite):
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
     completion = await suite.client().chat.completions.create(

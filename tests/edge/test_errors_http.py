@@ -6,6 +6,7 @@ import openai
 import pytest
 
 from services.common.errors import (
+    DeadlineExceededError,
     EngineUnavailableError,
     InsufficientQuotaError,
     InvalidApiKeyError,
@@ -167,6 +168,23 @@ async def test_an_error_after_the_stream_started_is_one_error_event_then_done(ed
         stream = await edge.openai().completions.create(model="auto", prompt="x", stream=True)
         async for _ in stream:
             pass
+
+
+@pytest.mark.parametrize(
+    ("path", "body"), [("/v1/chat/completions", {"messages": CHAT}), ("/v1/completions", {"prompt": "x"})]
+)
+async def test_a_deadline_after_the_last_token_never_follows_a_finish_reason(edge: Edge, path, body):
+    async def deadline_before_finished(request, context):
+        yield routed()
+        yield delta(0, "all")
+        yield delta(0, " done", inference.FINISH_REASON_STOP)
+        raise DeadlineExceededError("The request's deadline passed while it was generated.")
+
+    edge.router.script = deadline_before_finished
+    events = await edge.stream_events(path, {**body, "stream": True})
+    *chunks, last = events
+    assert last["error"]["type"] == "timeout_error"
+    assert all(choice["finish_reason"] is None for chunk in chunks for choice in chunk["choices"])
 
 
 async def test_a_stream_that_ends_without_finishing_is_a_server_error(edge: Edge):
