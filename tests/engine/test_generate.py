@@ -378,7 +378,7 @@ async def test_prompt_longer_than_the_context_is_context_length_exceeded():
     ("sampling", "param"),
     [
         ({"temperature": -1}, "temperature"),
-        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
         ({"top_k": -2}, "top_k"),
         ({"logprobs": 21}, "logprobs"),
         ({"n": 3, "best_of": 2}, "best_of"),
