@@ -45,7 +45,7 @@ class ChatServing:
             metadata=ctx.metadata(),
             grpc_timeout=ctx.timeout_for(request.timeout),
         )
-        response_id, created = f"chatcmpl-{ctx.request_id}", int(time.time())
+        response_id, created = translate.response_id("chatcmpl"), int(time.time())
         if request.stream:
             encoder = ChunkEncoder(
                 id=response_id,

@@ -43,7 +43,7 @@ class CompletionServing:
             metadata=[ctx.metadata(generate_request.request_id) for generate_request in generate_requests],
             grpc_timeout=ctx.timeout_for(request.timeout),
         )
-        response_id, created = f"cmpl-{ctx.request_id}", int(time.time())
+        response_id, created = translate.response_id("cmpl"), int(time.time())
         if request.stream:
             encoder = ChunkEncoder(
                 id=response_id,

@@ -220,6 +220,15 @@ def chat_generate_request(request: ChatCompletionRequest, request_id: str) -> ro
     return _generate_request(request, request_id, inference.GenerationInput(chat=chat, sampling=sampling))
 
 
+# --- responses: ids ------------------------------------------------------------------------------
+
+
+def response_id(prefix: str) -> str:
+    """A response's own id ("chatcmpl-..."), unique per response as OpenAI's are. Not the request id:
+    callers may reuse an x-request-id, which stays the correlation id (echoed, logged, forwarded)."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
 # --- responses: models ---------------------------------------------------------------------------
 
 

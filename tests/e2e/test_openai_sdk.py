@@ -326,6 +326,24 @@ async def test_request_id_is_echoed(suite: Suite):
     assert raw.headers["x-request-id"] == "req-e2e-123"
 
 
+async def test_response_and_tool_call_ids_are_unique_when_a_request_id_is_reused(suite: Suite):
+    body = {
+        "model": FAST_MODEL,
+        "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather"}}],
+        "tool_choice": "required",
+        "temperature": 0,
+        "cache": False,
+    }
+    headers = {"x-request-id": "req-reused"}
+    first, second = [
+        (await post_json(suite, "/v1/chat/completions", body, headers=headers)).json() for _ in range(2)
+    ]
+    assert first["id"] != second["id"]
+    call_ids = [response["choices"][0]["message"]["tool_calls"][0]["id"] for response in (first, second)]
+    assert call_ids[0] != call_ids[1]
+
+
 async def test_models_are_listed_and_retrievable(suite: Suite):
     client = suite.client()
     models = await client.models.list()

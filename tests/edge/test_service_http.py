@@ -59,7 +59,10 @@ async def test_an_edge_whose_router_is_unreachable_is_unhealthy_and_answers_503(
 async def test_request_id_is_accepted_echoed_and_forwarded(edge: Edge):
     response = await edge.post("/v1/completions", {"prompt": "x"}, headers={"x-request-id": "req-abc.1"})
     assert response.headers["x-request-id"] == "req-abc.1"
-    assert response.json()["id"] == "cmpl-req-abc.1"
+    again = await edge.post("/v1/completions", {"prompt": "x"}, headers={"x-request-id": "req-abc.1"})
+    assert again.headers["x-request-id"] == "req-abc.1"
+    # The response id is the response's own, unique even when a caller reuses its request id.
+    assert response.json()["id"].startswith("cmpl-") and response.json()["id"] != again.json()["id"]
     call = edge.router.calls[-1]
     assert call.metadata["x-request-id"] == "req-abc.1" and call.request.request_id == "req-abc.1"
     assert call.metadata["authorization"] == f"Bearer {API_KEY}"

@@ -15,9 +15,9 @@ stops it at the next await, with nothing left running: the sim never detaches a 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import random
+import uuid
 from collections.abc import AsyncIterator
 
 from services.common.errors import EngineUnavailableError
@@ -101,7 +101,7 @@ class SimBackend:
             self._running.add(running)
             try:
                 cached_tokens = await self._prefill(prompt_ids)
-                running.decoders = self._decoders(request.request_id, plan)
+                running.decoders = self._decoders(plan)
                 if sampling.best_of > sampling.n:
                     async for event in self._best_of(running.decoders, sampling.n):
                         yield event
@@ -138,7 +138,7 @@ class SimBackend:
         self._cache.insert(prompt_ids)
         return cached
 
-    def _decoders(self, request_id: str, plan: GenerationPlan) -> list[ChoiceDecoder]:
+    def _decoders(self, plan: GenerationPlan) -> list[ChoiceDecoder]:
         sampling = plan.sampling
         model = self._model
         assert model is not None, "generate() before start()"
@@ -173,7 +173,7 @@ class SimBackend:
                     rng,
                     natural_length,
                     forced=plan.forced,
-                    tool_call_id=_tool_call_id(request_id, index) if calls_tool else "",
+                    tool_call_id=_tool_call_id() if calls_tool else "",
                     echo=echo,
                     track_logprob=sampling.best_of > sampling.n,
                 )
@@ -246,6 +246,6 @@ class SimBackend:
         )
 
 
-def _tool_call_id(request_id: str, index: int) -> str:
-    """Unique per request and choice, and the same when the same request is replayed."""
-    return "call_" + hashlib.blake2b(f"{request_id}/{index}".encode(), digest_size=12).hexdigest()
+def _tool_call_id() -> str:
+    """Unique per call, as OpenAI's are: request ids come from callers, who may reuse them."""
+    return f"call_{uuid.uuid4().hex[:24]}"
