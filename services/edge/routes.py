@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from services.edge.auth import forwarded_api_key
+from services.edge.body import read_body
 from services.edge.connection import until_disconnected
 from services.edge.context import CACHE_HEADER, AccessRecord, RequestContext
 from services.edge.errors import ApiError
@@ -59,14 +60,14 @@ def _client_gone() -> Response:
 
 @router.post("/v1/completions")
 async def create_completion(request: Request, ctx: Context) -> Response:
-    body = await request.body()
+    body = await read_body(request, _edge(request).settings.max_body_bytes)
     response = await until_disconnected(request.receive, _edge(request).completions.create(body, ctx))
     return response or _client_gone()
 
 
 @router.post("/v1/chat/completions")
 async def create_chat_completion(request: Request, ctx: Context) -> Response:
-    body = await request.body()
+    body = await read_body(request, _edge(request).settings.max_body_bytes)
     response = await until_disconnected(request.receive, _edge(request).chat.create(body, ctx))
     return response or _client_gone()
 

@@ -44,6 +44,9 @@ class EdgeSettings(BaseSettings):
     control_timeout_seconds: float = Field(default=10.0, gt=0)
     # Deadline of the router health check behind GET /health (probes time out after about a second).
     health_timeout_seconds: float = Field(default=1.0, gt=0)
+    # Larger request bodies are refused with 413 before they are read whole (16 MiB: far beyond any
+    # context window's worth of text, well below what would tie up the edge).
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     # How long a stopping edge lets running requests finish.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 
@@ -14,7 +15,7 @@ from services.common.errors import (
     RateLimitExceededError,
 )
 from switchyard.inference.v1 import inference_pb2 as inference
-from tests.edge.conftest import AUTH, Edge, delta, routed
+from tests.edge.conftest import AUTH, HANG_GUARD, Edge, delta, routed, start_edge
 from tests.openai_schema import assert_matches
 
 CHAT = [{"role": "user", "content": "hi"}]
@@ -212,3 +213,29 @@ async def test_the_router_out_of_contract_never_leaks_a_traceback(edge: Edge):
     assert_matches("ErrorResponse", response.json())
     assert "Traceback" not in response.text and "IndexError" not in response.text
     assert response.headers["x-request-id"]
+
+
+async def test_a_body_over_the_size_limit_is_413_and_never_reaches_the_router(edge: Edge, router_server):
+    small = await start_edge(router_server[0].port, max_body_bytes=1024)
+    big = {"prompt": "word " * 1000}
+
+    async def chunked():
+        yield b'{"prompt": "'
+        for _ in range(100):
+            yield b"word " * 20
+        yield b'"}'
+
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{small.port}", timeout=HANG_GUARD) as http:
+            declared = await http.post("/v1/completions", json=big, headers=AUTH)
+            headers = {**AUTH, "content-type": "application/json"}
+            streamed = await http.post("/v1/chat/completions", content=chunked(), headers=headers)
+            fits = await http.post("/v1/completions", json={"prompt": "word"}, headers=AUTH)
+    finally:
+        await small.stop()
+    for response in (declared, streamed):
+        assert response.status_code == 413
+        assert_matches("ErrorResponse", response.json())
+        assert "1024 bytes" in response.json()["error"]["message"]
+    assert fits.status_code == 200
+    assert len(edge.router.calls) == 1, "only the body within the limit reached the router"
