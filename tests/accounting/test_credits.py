@@ -11,6 +11,8 @@ from sqlalchemy import select
 
 from services.common.errors import InsufficientQuotaError, InvalidApiKeyError, PermissionDeniedError
 from services.router.accounting import FREE, Charge, Prices, schema
+from services.router.accounting.credits import Charge as LedgerCharge
+from services.router.accounting.credits import CreditLedger
 from switchyard.inference.v1 import inference_pb2
 
 from .conftest import assert_exact_ledger, ledger_figures, new_key
@@ -40,10 +42,11 @@ async def admit(accounting, secret: str, *, prompt=100, max_out=200, prices=PRIC
 async def test_reserve_then_settle_bills_the_usage_and_returns_the_rest(accounting):
     key_id, secret = await new_key(accounting, credits=1.0)
     admission = await admit(accounting, secret, prompt=100, max_out=200)
-    # Held: 100 * IN + 200 * OUT = 0.5 credits.
+    # Held: 100 * IN + 200 * OUT = 0.5 credits, drawn from the router's lease on the key's credits.
     held = await ledger_figures(accounting.database, key_id)
-    assert held["balance"] == 500_000_000
     assert held["open_holds"] == 1
+    assert held["held"] >= 500_000_000
+    assert held["balance"] + held["held"] == 1_000_000_000
 
     settlement = await accounting.settle(admission, usage(100, 50))
     assert settlement.cost_nanocredits == 200_000_000
@@ -85,9 +88,12 @@ async def test_every_step_is_a_ledger_row_tied_to_the_request(accounting):
         ).all()
     assert [tuple(r) for r in rows] == [
         ("top_up", 1_000_000_000, None),
-        ("reservation", -500_000_000, "req-ledger"),
+        # The lease: credit_lease_credits (1.0) of the balance, which covers the 0.5 hold.
+        ("reservation", -1_000_000_000, None),
         ("settlement", -120_000_000, "req-ledger"),
-        ("release", 500_000_000, "req-ledger"),
+        # The charge paid out of the lease, then the lease returned.
+        ("release", 120_000_000, None),
+        ("release", 880_000_000, None),
     ]
 
 
@@ -97,8 +103,9 @@ async def test_settling_twice_bills_once(accounting):
     first = await accounting.settle(admission, usage(100, 50))
     second = await accounting.settle(admission, usage(100, 200))
     assert second == first
-    # Even a second settlement of the same reservation straight on the ledger changes nothing.
-    assert await accounting.ledger.settle(admission._reservation, 1) is False
+    # Even writing the same draw's charge again straight on the ledger bills nothing.
+    again = LedgerCharge(admission._draw.id, key_id, admission._draw.lease.id, 1, "req", "acme/model")
+    assert await accounting.ledger.write_charges([again]) == {}
     figures = await ledger_figures(accounting.database, key_id)
     assert figures["settlements"] == 1
     assert figures["balance"] == 800_000_000
@@ -252,14 +259,16 @@ async def test_cache_hits_cost_the_configured_fraction(make_accounting):
     assert_exact_ledger(await ledger_figures(accounting.database, key_id))
 
 
-async def test_a_swept_hold_is_not_released_twice_when_its_request_finishes(accounting):
+async def test_a_swept_lease_is_not_released_twice_when_its_request_finishes(accounting):
     key_id, secret = await new_key(accounting, credits=1.0)
     admission = await admit(accounting, secret)
-    # A sweep by any router releases holds older than the longest possible request ...
+    # Another router's sweep releases leases not refreshed for longer than the longest request ...
     future = datetime.now(UTC) + timedelta(seconds=1)
-    assert await accounting.ledger.release_abandoned(older_than=future, own=False) == 1
+    another_router = CreditLedger(accounting.database, "another-router")
+    assert await another_router.release_abandoned(older_than=future, own=False) == 1
     assert (await ledger_figures(accounting.database, key_id))["balance"] == 1_000_000_000
-    # ... and should the request still end, its usage is billed and nothing is returned again.
+    # ... and should the request still end, its usage is billed from the balance and nothing is
+    # returned again.
     await accounting.settle(admission, usage(100, 50))
     figures = await ledger_figures(accounting.database, key_id)
     assert figures["balance"] == 800_000_000
@@ -267,18 +276,18 @@ async def test_a_swept_hold_is_not_released_twice_when_its_request_finishes(acco
     assert_exact_ledger(figures)
 
 
-async def test_reconcile_at_start_releases_only_this_routers_holds(settings, clock):
+async def test_reconcile_at_start_releases_only_this_routers_leases(settings, clock):
     from services.router.accounting import Accounting
 
     crashed = Accounting(settings, clock=clock)
     await crashed.start()
-    key_id, secret = await new_key(crashed, credits=1.0)
+    key_id, secret = await new_key(crashed, credits=2.0)
     await admit(crashed, secret, request_id="mine")
     other = Accounting(settings.model_copy(update={"instance_name": "another-router"}), clock=clock)
     await other.start()
     await admit(other, secret, request_id="theirs", max_out=10)
     await other.close()
-    await crashed.close()  # as if killed: both holds are still open
+    await crashed.close()  # as if killed: both leases are still open, each with a running request
 
     restarted = Accounting(settings, clock=clock)
     await restarted.start()
@@ -286,6 +295,7 @@ async def test_reconcile_at_start_releases_only_this_routers_holds(settings, clo
         figures = await ledger_figures(restarted.database, key_id)
         # "mine" released unbilled; "theirs" may still be running on the other router.
         assert figures["open_holds"] == 1
-        assert figures["balance"] == 1_000_000_000 - (100 * IN + 10 * OUT)
+        assert figures["held"] >= 100 * IN + 10 * OUT
+        assert figures["balance"] == 2_000_000_000 - figures["held"]
     finally:
         await restarted.close()

@@ -1,26 +1,34 @@
 """Credits: hold the most a request can cost before it runs, charge what it used when it ends.
 
 Every change of a balance is a row in the append-only `credit_ledger`, written in the same
-transaction as the balance update, so the balance always equals the sum of its key's rows:
+transaction as the balance update, so the balance always equals the sum of its key's rows.
+
+Holds are taken through credit leases, so that a request's hold and settlement touch no database.
+A router takes a block of a key's credits (a lease) in one transaction and draws each request's
+hold from it in memory (leases.py); the charges of finished requests are written in batches. The
+ledger rows, for the key:
 
     top_up      +amount   credits added
-    reservation -held     the most the request can cost, held before dispatch
-    release     +held     the hold returned, in full, when the request ends (or is abandoned)
-    settlement  -charge   what the request used, billed
+    reservation -taken    a lease taken or grown by `taken` (reservation_id: that grant's id)
+    settlement  -charge   one request's bill (reservation_id: the request's draw, request_id: its id)
+    release     +charges  the charges of a batch, paid out of the lease (net zero with them)
+    release     +rest     the lease returned, whatever of it was not charged (reservation_id: the
+                          lease's id), when idle, at shutdown, or at reconcile after a crash
 
-Once every reservation is released, balance = top-ups - settlements, exactly. A unique
-(reservation_id, kind) makes a second settlement of the same request impossible, and an open hold
-lives in `open_reservations` until one transaction deletes it, so it is released exactly once.
+`open_reservations` holds each lease's open amount (taken - charges written), so that it is
+returned exactly once: one transaction deletes the row and releases its amount. Once every lease is
+returned, balance = top-ups - settlements, exactly. A unique (reservation_id, kind) makes a second
+settlement of the same draw impossible, even when a batch is written again after a failure.
 
 Balance updates are single statements (`balance = balance - x WHERE balance >= x`): PostgreSQL
 re-checks the condition under the row lock and SQLite runs one writer at a time, so concurrent
-reservations can never take a balance below zero.
+grants can never take a balance below zero, and a draw never exceeds what its lease holds.
 
-A crash (kill -9) leaves the holds of the requests that were running. `release_abandoned` at the
-next start returns them, and bills nothing: a request whose end the router never saw has no usage
-it can prove, so the customer is not charged for it (lost revenue is bounded by the requests in
-flight at the crash). A request that does finish after its hold was swept is still billed: its
-settlement finds no hold to release and charges the usage alone.
+A crash (kill -9) leaves this router's leases open, with the charges of the last batch unwritten.
+`release_abandoned` at the next start returns each lease's open amount, and bills nothing more: a
+request whose bill the router never wrote has no usage it can prove, so the customer is not
+charged for it (lost revenue is bounded by the requests in flight and the last batch). A charge of
+a lease that was swept meanwhile is still billed, straight from the balance.
 
 The transactions are plain functions of a synchronous Connection, run by `Database.write`.
 """
@@ -29,10 +37,11 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, Connection, bindparam, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, insert, or_, select, update
 
 from services.common.errors import InsufficientQuotaError, InvalidApiKeyError
 from services.router.accounting import schema
@@ -43,7 +52,7 @@ _keys = schema.api_keys
 _ledger = schema.credit_ledger
 _open = schema.open_reservations
 
-# The hot path's statements, built once: building one per call costs more than SQLite running it.
+# The statements, built once: building one per call costs more than SQLite running it.
 _INSERT_LEDGER = insert(_ledger)
 _INSERT_OPEN = insert(_open)
 _ADD_TO_BALANCE = (
@@ -51,7 +60,7 @@ _ADD_TO_BALANCE = (
     .where(_keys.c.id == bindparam("key"))
     .values(balance_nanocredits=_keys.c.balance_nanocredits + bindparam("amount"))
 )
-_HOLD = (
+_TAKE = (
     update(_keys)
     .where(
         _keys.c.id == bindparam("key"),
@@ -60,24 +69,29 @@ _HOLD = (
     )
     .values(balance_nanocredits=_keys.c.balance_nanocredits - bindparam("amount"))
 )
-_CLAIM_HOLD = (
-    delete(_open).where(_open.c.id == bindparam("reservation")).returning(_open.c.amount_nanocredits)
+_GROW_OPEN = (
+    update(_open)
+    .where(_open.c.id == bindparam("lease"))
+    .values(amount_nanocredits=_open.c.amount_nanocredits + bindparam("amount"), created_at=bindparam("now"))
 )
+_BALANCE = select(_keys.c.balance_nanocredits, _keys.c.revoked_at).where(_keys.c.id == bindparam("key"))
 
 
 @dataclass(frozen=True, slots=True)
-class Reservation:
-    id: str
+class Charge:
+    """What one finished request costs, to be written: `draw_id` makes it a settlement at most once;
+    `lease_id` None when it held nothing (billed from the balance)."""
+
+    draw_id: str
     key_id: str
+    lease_id: str | None
     amount_nanocredits: int
     request_id: str
     model: str
 
 
-def unreserved(key_id: str, request_id: str, model: str) -> Reservation:
-    """Stands for a request that needed no hold (a free model or cache hit) in case its usage
-    still costs something at settlement."""
-    return Reservation(str(uuid.uuid4()), key_id, 0, request_id, model)
+class LeaseLost(Exception):
+    """The lease's row is gone (swept by a router that took it for abandoned): take a new one."""
 
 
 def record_top_up(connection: Connection, key_id: str, amount_nanocredits: int, *, note: str) -> None:
@@ -99,103 +113,164 @@ def _add_to_balance(connection: Connection, key_id: str, amount_nanocredits: int
 
 
 class CreditLedger:
-    """Reservations, settlements and releases for the router instance `holder`."""
+    """Leases and charges of the router instance `holder`."""
 
     def __init__(self, database: Database, holder: str) -> None:
         self._database = database
         self.holder = holder
-        # Inserts nothing when this reservation was settled already (see the unique constraint).
-        self._insert_settlement = database.insert_ignoring_duplicates(_ledger).returning(_ledger.c.id)
-
-    async def reserve(
-        self, key_id: str, amount_nanocredits: int, *, request_id: str, model: str
-    ) -> Reservation:
-        """Holds `amount_nanocredits` of the key's balance, or raises InsufficientQuotaError."""
-        reservation = Reservation(str(uuid.uuid4()), key_id, amount_nanocredits, request_id, model)
-        await self._database.write(lambda connection: self._reserve(connection, reservation), inline=True)
-        return reservation
-
-    async def settle(self, reservation: Reservation, charge_nanocredits: int) -> bool:
-        """Bills `charge_nanocredits` and releases the reservation's hold, in one transaction.
-        False (and no change) when this reservation was settled before."""
-        return await self._database.write(
-            lambda connection: self._settle(connection, reservation, charge_nanocredits), inline=True
+        # Inserts nothing for a draw settled already (see the unique constraint) and says which were new.
+        self._insert_settlements = database.insert_ignoring_duplicates(_ledger).returning(
+            _ledger.c.reservation_id, _ledger.c.amount_nanocredits
         )
 
-    async def release(self, reservation: Reservation, *, note: str) -> bool:
-        """Returns a hold without billing anything (the request never ran). False when it was
-        settled or released already."""
-        condition = _open.c.id == reservation.id
-        return await self._database.write(lambda connection: _release_where(connection, condition, note)) == 1
+    async def take(
+        self, key_id: str, lease_id: str, *, need: int, want: int, new: bool, hold: int, free: int
+    ) -> int:
+        """Moves at least `need` and at most `want` nanocredits of the key's balance into the lease
+        (`new`: creates it); returns how much. `hold` and `free` (the request's hold, what the lease
+        has left) only word a refusal: InsufficientQuotaError, or InvalidApiKeyError when revoked.
+        LeaseLost when the lease's row is gone."""
+        return await self._database.write(
+            lambda connection: self._take(connection, key_id, lease_id, need, want, new, hold, free),
+            inline=True,
+        )
+
+    async def write_charges(self, charges: Sequence[Charge]) -> dict[str | None, int]:
+        """Bills the charges in one transaction: a settlement each, paid out of its lease (or the
+        balance). Returns the nanocredits newly billed per lease id; a draw settled before is
+        skipped."""
+        return await self._database.write(
+            lambda connection: self._write_charges(connection, charges), inline=True
+        )
+
+    async def return_leases(self, lease_ids: Sequence[str]) -> int:
+        """Releases what the leases hold back to their keys' balances; returns how many were open."""
+        condition = _open.c.id.in_(lease_ids)
+        note = "released: lease returned"
+        return await self._database.write(lambda connection: _release_where(connection, condition, note))
 
     async def release_abandoned(self, *, older_than: datetime, own: bool) -> int:
-        """Releases the holds no running request owns: those older than `older_than` (no request
-        lives that long) and, with `own`, every hold of this instance (at start, after a crash).
-        Returns how many were released."""
-        condition = _open.c.created_at < older_than
+        """Releases the leases no running router holds: other routers' older than `older_than`
+        (a router refreshes its leases whenever it writes charges, and returns idle ones) and, with
+        `own`, every lease of this instance (at start, after a crash). Returns how many."""
+        condition: ColumnElement[bool] = and_(_open.c.created_at < older_than, _open.c.holder != self.holder)
         if own:
             condition = or_(condition, _open.c.holder == self.holder)
         note = "released: abandoned by its router"
         return await self._database.write(lambda connection: _release_where(connection, condition, note))
 
-    def _reserve(self, connection: Connection, reservation: Reservation) -> None:
+    def _take(
+        self,
+        connection: Connection,
+        key_id: str,
+        lease_id: str,
+        need: int,
+        want: int,
+        new: bool,
+        hold: int,
+        free: int,
+    ) -> int:
+        taken = _take_from_balance(connection, key_id, need, want)
+        if taken is None:
+            raise _refusal(connection, key_id, hold, free)
         now = datetime.now(UTC)
+        if new:
+            connection.execute(
+                _INSERT_OPEN,
+                {
+                    "id": lease_id,
+                    "key_id": key_id,
+                    "amount_nanocredits": taken,
+                    "holder": self.holder,
+                    "created_at": now,
+                },
+            )
+        elif connection.execute(_GROW_OPEN, {"lease": lease_id, "amount": taken, "now": now}).rowcount != 1:
+            raise LeaseLost(lease_id)  # rolls the take back
         connection.execute(
             _INSERT_LEDGER,
             {
-                "key_id": reservation.key_id,
+                "key_id": key_id,
                 "kind": "reservation",
-                "amount_nanocredits": -reservation.amount_nanocredits,
-                "reservation_id": reservation.id,
-                "request_id": reservation.request_id,
-                "model": reservation.model,
+                "amount_nanocredits": -taken,
+                "reservation_id": str(uuid.uuid4()),
+                "note": f"lease {lease_id}",
                 "created_at": now,
             },
         )
-        connection.execute(
-            _INSERT_OPEN,
-            {
-                "id": reservation.id,
-                "key_id": reservation.key_id,
-                "amount_nanocredits": reservation.amount_nanocredits,
-                "request_id": reservation.request_id,
-                "holder": self.holder,
-                "created_at": now,
-            },
-        )
-        # The balance last: on PostgreSQL its row lock, which every request of the key needs, is
-        # then held only until the commit. A refusal rolls the two inserts back.
-        held = connection.execute(
-            _HOLD, {"key": reservation.key_id, "amount": reservation.amount_nanocredits}
-        )
-        if held.rowcount != 1:
-            raise _refusal(connection, reservation)
+        return taken
 
-    def _settle(self, connection: Connection, reservation: Reservation, charge_nanocredits: int) -> bool:
-        common = {
-            "key_id": reservation.key_id,
-            "reservation_id": reservation.id,
-            "request_id": reservation.request_id,
-            "model": reservation.model,
-            "created_at": datetime.now(UTC),
-        }
-        settled = connection.execute(
-            self._insert_settlement,
-            common | {"kind": "settlement", "amount_nanocredits": -charge_nanocredits},
-        )
-        if settled.first() is None:
-            return False
-        held = connection.execute(_CLAIM_HOLD, {"reservation": reservation.id}).scalar()
-        if held is not None:
-            connection.execute(_INSERT_LEDGER, common | {"kind": "release", "amount_nanocredits": held})
-        change = (held or 0) - charge_nanocredits
-        if change:
-            _add_to_balance(connection, reservation.key_id, change)
-        return True
+    def _write_charges(self, connection: Connection, charges: Sequence[Charge]) -> dict[str | None, int]:
+        now = datetime.now(UTC)
+        inserted = connection.execute(
+            self._insert_settlements,
+            [
+                {
+                    "key_id": charge.key_id,
+                    "kind": "settlement",
+                    "amount_nanocredits": -charge.amount_nanocredits,
+                    "reservation_id": charge.draw_id,
+                    "request_id": charge.request_id,
+                    "model": charge.model,
+                    "created_at": now,
+                }
+                for charge in charges
+            ],
+        ).all()
+        new = {row.reservation_id for row in inserted}
+        billed: dict[str | None, int] = defaultdict(int)
+        key_of: dict[str | None, str] = {}
+        for charge in charges:
+            if charge.draw_id in new:
+                billed[charge.lease_id] += charge.amount_nanocredits
+                key_of[charge.lease_id] = charge.key_id
+        from_balance: dict[str, int] = defaultdict(int)
+        releases = []
+        for lease_id, amount in billed.items():
+            key_id = key_of[lease_id]
+            if (
+                lease_id is not None
+                and connection.execute(
+                    _GROW_OPEN, {"lease": lease_id, "amount": -amount, "now": now}
+                ).rowcount
+            ):
+                # Paid out of the lease: its hold shrinks, the balance does not change.
+                releases.append(
+                    {
+                        "key_id": key_id,
+                        "kind": "release",
+                        "amount_nanocredits": amount,
+                        "reservation_id": str(uuid.uuid4()),
+                        "note": f"charges of lease {lease_id}",
+                        "created_at": now,
+                    }
+                )
+            else:
+                from_balance[key_id] += amount
+        if releases:
+            connection.execute(_INSERT_LEDGER, releases)
+        # In key order, so that two routers lock key rows in the same order.
+        for key_id in sorted(from_balance):
+            _add_to_balance(connection, key_id, -from_balance[key_id])
+        return dict(billed)
+
+
+def _take_from_balance(connection: Connection, key_id: str, need: int, want: int) -> int | None:
+    """`want` if the balance has it, else all of it when that covers `need`, else None."""
+    if want > need:
+        if connection.execute(_TAKE, {"key": key_id, "amount": want}).rowcount == 1:
+            return want
+        row = connection.execute(_BALANCE, {"key": key_id}).first()
+        if row is not None and need < row.balance_nanocredits < want:
+            if connection.execute(_TAKE, {"key": key_id, "amount": row.balance_nanocredits}).rowcount == 1:
+                return row.balance_nanocredits
+    if connection.execute(_TAKE, {"key": key_id, "amount": need}).rowcount == 1:
+        return need
+    return None
 
 
 def _release_where(connection: Connection, condition: ColumnElement[bool], note: str) -> int:
-    # DELETE ... RETURNING claims each hold once, even against a concurrent settlement.
+    # DELETE ... RETURNING claims each lease once, even against a concurrent sweep.
     rows = connection.execute(
         delete(_open)
         .where(condition)
@@ -228,14 +303,13 @@ def _release_where(connection: Connection, condition: ColumnElement[bool], note:
     return len(rows)
 
 
-def _refusal(connection: Connection, reservation: Reservation) -> Exception:
-    row = connection.execute(
-        select(_keys.c.balance_nanocredits, _keys.c.revoked_at).where(_keys.c.id == reservation.key_id)
-    ).first()
+def _refusal(connection: Connection, key_id: str, hold: int, free: int) -> Exception:
+    row = connection.execute(_BALANCE, {"key": key_id}).first()
     if row is None or row.revoked_at is not None:
         return InvalidApiKeyError("The API key was revoked.")
+    left = max(row.balance_nanocredits, 0) + max(free, 0)
     return InsufficientQuotaError(
         "You exceeded your current quota: this request may cost up to "
-        f"{nanocredits_to_credits(reservation.amount_nanocredits):.9g} credits and the key has "
-        f"{nanocredits_to_credits(max(row.balance_nanocredits, 0)):.9g} left. Top up the key to continue."
+        f"{nanocredits_to_credits(hold):.9g} credits and the key has "
+        f"{nanocredits_to_credits(left):.9g} left. Top up the key to continue."
     )

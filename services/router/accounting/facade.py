@@ -17,8 +17,9 @@ response cache. Per request, in order (services/router/metering.py is the router
     accounting.record(RequestLogEntry(..., cost_nanocredits=settlement.cost_nanocredits))
 
 Hot path: `authenticate` is a dict lookup after the first call per key (key_cache_seconds); limits
-are in memory; a request to a priced model costs two short transactions (reserve, settle); a free
-one (price 0, or a free cache hit) touches no database at all; `record` and the cache never await.
+are in memory; a priced request's hold is drawn from the key's credit lease in memory (leases.py),
+its charge written with others in one batched transaction, so it touches the database only when the
+lease must grow; `record` and the cache never await.
 """
 
 from __future__ import annotations
@@ -32,14 +33,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cachetools import TTLCache
-from prometheus_client import Counter
 
 from services.common.errors import InvalidApiKeyError, PermissionDeniedError
 from services.router.accounting import migrations
-from services.router.accounting.credits import CreditLedger, Reservation, unreserved
+from services.router.accounting.credits import CreditLedger
 from services.router.accounting.database import Database
 from services.router.accounting.keys import KeyStore, Principal, hash_secret
-from services.router.accounting.pricing import Charge, Prices, nanocredits_to_credits, total_cost
+from services.router.accounting.leases import Draw, LeaseBook
+from services.router.accounting.pricing import (
+    Charge,
+    Prices,
+    credits_to_nanocredits,
+    nanocredits_to_credits,
+    total_cost,
+)
 from services.router.accounting.queries import RequestLogReader
 from services.router.accounting.rate_limits import RateLimiter, RateLimitTicket
 from services.router.accounting.request_log import RequestLogEntry, RequestLogWriter
@@ -53,11 +60,6 @@ from services.router.accounting.settings import AccountingSettings
 from switchyard.inference.v1 import inference_pb2
 
 logger = logging.getLogger(__name__)
-
-SETTLEMENTS_FAILED = Counter(
-    "switchyard_credit_settlements_failed",
-    "Settlements the database refused; their holds stay open until reconciled (nothing is billed).",
-)
 
 _UNKNOWN_KEY = object()
 
@@ -87,7 +89,7 @@ class Admission:
     # OpenAI's x-ratelimit-* headers after this admission, for the edge's response.
     rate_limit_headers: dict[str, str]
     _ticket: RateLimitTicket = field(repr=False)
-    _reservation: Reservation | None = field(repr=False)
+    _draw: Draw | None = field(repr=False)
     _settlement: Settlement | None = field(default=None, repr=False)
 
 
@@ -109,6 +111,12 @@ class Accounting:
         )
         self.keys = KeyStore(self.database)
         self.ledger = CreditLedger(self.database, settings.instance_name)
+        self._leases = LeaseBook(
+            self.ledger,
+            lease_size=credits_to_nanocredits(settings.credit_lease_credits),
+            idle_seconds=settings.credit_lease_idle_seconds,
+            clock=clock,
+        )
         self.log = RequestLogReader(self.database)
         self._log_writer = RequestLogWriter(
             self.database,
@@ -125,39 +133,44 @@ class Accounting:
             ttl_seconds=settings.response_cache_ttl_seconds,
             clock=clock,
         )
-        # Settlements and late releases run as tasks that a cancelled caller cannot interrupt;
-        # close() waits for them.
+        # Writes of charges that a cancelled caller cannot interrupt; close() waits for them.
         self._background: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._charge_writer: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Migrates (when configured), reconciles what a previous run left open, starts writing the
-        request log and sweeping abandoned reservations."""
+        request log and the charges, and sweeping abandoned leases."""
         if self.settings.migrate_on_start:
             await migrations.upgrade(self.database)
         released = await self.reconcile(own=True)
         if released:
             logger.warning(
-                "released %d credit reservations left open by an earlier run (not billed)", released
+                "released %d credit leases left open by an earlier run (their unwritten charges are not "
+                "billed)",
+                released,
             )
         self._log_writer.start()
-        self._sweeper = asyncio.create_task(self._sweep_abandoned(), name="reservation-sweeper")
+        self._sweeper = asyncio.create_task(self._sweep_abandoned(), name="lease-sweeper")
+        self._charge_writer = asyncio.create_task(self._write_charges(), name="charge-writer")
 
     async def close(self) -> None:
         """After the server has drained: finishes settlements, writes the log, closes the database."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._charge_writer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.settled()
+        await self._leases.close()
         await self._log_writer.close()
         await self.database.dispose()
 
     async def reconcile(self, *, own: bool) -> int:
-        """Releases abandoned reservations (see credits.py); `own` includes every one this
-        instance holds, which is right only when none of its requests is running (at start)."""
+        """Releases abandoned leases (see credits.py); `own` includes every one this instance
+        holds, which is right only when none of its requests is running (at start)."""
         older_than = datetime.now(UTC) - timedelta(seconds=self.settings.reservation_max_age_seconds)
         return await self.ledger.release_abandoned(older_than=older_than, own=own)
 
@@ -204,88 +217,73 @@ class Accounting:
             )
         ticket, headers = self._limiter.acquire(principal, prompt_tokens + max_completion_tokens)
         amount = prices.cost(prompt_tokens, max_completion_tokens, self._price_factor(cached))
-        reservation = None
+        draw = None
         if amount:
             try:
-                reservation = await self._reserve(principal.key_id, amount, request_id, model)
+                draw = await self._leases.draw(principal.key_id, amount)
             except BaseException:
                 self._limiter.release(ticket, None)
                 raise
-        return Admission(principal, request_id, model, prices, cached, headers, ticket, reservation)
+        return Admission(principal, request_id, model, prices, cached, headers, ticket, draw)
 
     async def settle(
         self, admission: Admission, usage: inference_pb2.Usage, *, charges: Sequence[Charge] | None = None
     ) -> Settlement:
         """Bills the usage (also of a failed, cancelled or timed-out request: what was generated is
-        billed) and releases the rest of the hold; returns once that is written. `charges` split the
+        billed) and releases the rest of the hold; returns once that is written and the leases no
+        request uses are returned (the router's path is settle_in_background). `charges` split the
         usage by the model that produced it when that is not the admitted model alone (a fallback,
         a resumed stream); without them the usage is billed at the admission's prices. Safe to call
         from `finally` while cancelled: the database work finishes even if the caller does not
         wait. Settling twice returns the first result."""
-        settlement, writing = self._begin_settlement(admission, usage, charges)
-        if writing is not None:
-            await asyncio.shield(writing)
+        settlement, queued = self._begin_settlement(admission, usage, charges)
+        if queued:
+            await asyncio.shield(self._spawn(self._write_and_return_leases()))
         return settlement
 
     def settle_in_background(
         self, admission: Admission, usage: inference_pb2.Usage, *, charges: Sequence[Charge] | None = None
     ) -> Settlement:
-        """`settle` without the wait: what the request costs is known at once and the database
-        write runs in the background (`settled()` and `close()` wait for it), so a response never
-        waits for its bill. The key's next reservation cannot overspend meanwhile: on SQLite the
-        single writer runs it after this settlement; on PostgreSQL it may still find the larger
-        hold in place, which errs on the safe side."""
+        """`settle` without the wait: what the request costs is known at once and the charge is
+        written with the next batch (`settled()` and `close()` wait for it), so a response never
+        waits for its bill. The key's next draw cannot overspend meanwhile: the lease counts the
+        unwritten charge as spent."""
         return self._begin_settlement(admission, usage, charges)[0]
 
     async def settled(self) -> None:
-        """Returns once every settlement (and late release) begun so far is written."""
+        """Returns once every settlement begun so far is written and the leases no request uses are
+        returned, so that the balance reads top-ups - charges."""
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self._write_and_return_leases()
+
+    async def _write_and_return_leases(self) -> None:
+        await self._leases.write()
+        await self._leases.return_idle(at_once=True)
 
     def _begin_settlement(
         self, admission: Admission, usage: inference_pb2.Usage, charges: Sequence[Charge] | None
-    ) -> tuple[Settlement, asyncio.Task | None]:
+    ) -> tuple[Settlement, bool]:
+        """The settlement, and whether a charge was queued for writing."""
         if admission._settlement is not None:
-            return admission._settlement, None
+            return admission._settlement, False
         used = usage.prompt_tokens + usage.completion_tokens
         self._limiter.release(admission._ticket, used)
         if charges is None:
             charges = (Charge(admission.prices, usage.prompt_tokens, usage.completion_tokens),)
         cost = total_cost(charges, self._price_factor(admission.cached))
         settlement = admission._settlement = Settlement(cost)
-        reservation = admission._reservation
-        if reservation is None and cost == 0:
-            return settlement, None
-        if reservation is None:
-            # Usage beyond an estimate of zero: bill it without a hold.
-            reservation = unreserved(admission.principal.key_id, admission.request_id, admission.model)
-        return settlement, self._spawn(self._settle(reservation, cost))
-
-    async def _reserve(self, key_id: str, amount: int, request_id: str, model: str) -> Reservation:
-        task = self._spawn(self.ledger.reserve(key_id, amount, request_id=request_id, model=model))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            # The caller went away while the hold was being written; return it once it exists.
-            task.add_done_callback(self._release_if_reserved)
-            raise
-
-    def _release_if_reserved(self, task: asyncio.Task[Reservation]) -> None:
-        if not task.cancelled() and task.exception() is None:
-            self._spawn(
-                self.ledger.release(task.result(), note="released: request cancelled before dispatch")
-            )
-
-    async def _settle(self, reservation: Reservation, cost: int) -> None:
-        try:
-            await self.ledger.settle(reservation, cost)
-        except Exception:
-            SETTLEMENTS_FAILED.inc()
-            logger.exception(
-                "could not settle request %s (%d nanocredits); its hold stays open until reconciled",
-                reservation.request_id,
-                cost,
-            )
+        if admission._draw is None and cost == 0:
+            return settlement, False
+        # With no draw: usage beyond an estimate of zero, billed without a hold.
+        self._leases.settle(
+            admission._draw,
+            admission.principal.key_id,
+            cost,
+            request_id=admission.request_id,
+            model=admission.model,
+        )
+        return settlement, True
 
     def _spawn(self, coroutine) -> asyncio.Task:
         task = asyncio.create_task(coroutine)
@@ -296,17 +294,28 @@ class Accounting:
     def _price_factor(self, cached: bool) -> float:
         return self.settings.cached_response_price_factor if cached else 1.0
 
+    async def _write_charges(self) -> None:
+        """Writes the charges every settlement_interval_seconds, in one transaction, and returns the
+        leases idle for credit_lease_idle_seconds."""
+        while True:
+            await asyncio.sleep(self.settings.settlement_interval_seconds)
+            try:
+                await self._leases.write()
+                await self._leases.return_idle()
+            except Exception:
+                logger.exception("writing credit charges failed; retrying later")
+
     async def _sweep_abandoned(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reconcile_interval_seconds)
             try:
                 released = await self.reconcile(own=False)
             except Exception:
-                logger.exception("sweeping abandoned credit reservations failed; retrying later")
+                logger.exception("sweeping abandoned credit leases failed; retrying later")
                 continue
             if released:
                 logger.warning(
-                    "released %d credit reservations older than %.0fs (not billed)",
+                    "released %d credit leases of other routers older than %.0fs",
                     released,
                     self.settings.reservation_max_age_seconds,
                 )

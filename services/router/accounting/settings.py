@@ -40,14 +40,24 @@ class AccountingSettings(BaseModel):
     database_url: str = Field(default_factory=default_database_url)
     # Apply the Alembic migrations (upgrade head) when the router starts.
     migrate_on_start: bool = True
-    # Names this router's credit reservations, so that a restart releases the ones its previous run
-    # left open. Must differ between routers sharing a database (a pod name, a host name).
+    # Names this router's credit leases, so that a restart releases the ones its previous run left
+    # open. Must differ between routers sharing a database (a pod name, a host name).
     instance_name: str = Field(default_factory=socket.gethostname)
-    # Any router releases reservations older than this: no request runs longer. Keep it above the
-    # edge's request timeout.
+    # A router releases other routers' leases not refreshed for this long (their router is gone):
+    # a router refreshes its leases whenever it writes their charges. Keep it above the edge's
+    # request timeout.
     reservation_max_age_seconds: float = 3600.0
-    # How often open reservations older than reservation_max_age_seconds are swept.
+    # How often leases older than reservation_max_age_seconds are swept.
     reconcile_interval_seconds: float = 60.0
+    # Credit leases (leases.py): a router takes up to this much of a key's balance at once (more if
+    # one request's hold needs it) and draws requests' holds from it in memory. Larger: fewer
+    # database writes; smaller: less of a key's balance out of other routers' reach meanwhile.
+    credit_lease_credits: float = Field(default=1.0, ge=0.0)
+    # A lease no request has drawn from for this long goes back to the key's balance.
+    credit_lease_idle_seconds: float = Field(default=2.0, ge=0.0)
+    # How often the charges of finished requests are written, in one transaction. A crash loses
+    # the charges of at most this long (not billed, like the requests it interrupts).
+    settlement_interval_seconds: float = Field(default=0.1, gt=0.0)
     # Key checks are answered from memory this long, keeping the database off the hot path; a key
     # revoked on another router (or with the CLI) still works here for at most this long.
     key_cache_seconds: float = 5.0
