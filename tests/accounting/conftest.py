@@ -144,9 +144,10 @@ async def ledger_figures(database: Database, key_id: str) -> dict[str, int]:
                 )
             ).all()
         )
+        held_amount = func.coalesce(func.sum(schema.open_reservations.c.amount_nanocredits), 0)
         open_holds, held = (
             await connection.execute(
-                select(func.count(), func.coalesce(func.sum(schema.open_reservations.c.amount_nanocredits), 0))
+                select(func.count(), held_amount)
                 .select_from(schema.open_reservations)
                 .where(schema.open_reservations.c.key_id == key_id)
             )
