@@ -396,3 +396,14 @@ async def test_invalid_sampling_is_an_invalid_request_naming_the_field(engine: E
         "INVALID_REQUEST",
         param,
     )
+
+
+async def test_a_prompt_of_megabytes_is_refused_as_too_long_having_read_only_what_fits():
+    async with running_engine(sim={"max_model_len": 64}) as engine:
+        error = await engine.error(request("word " * 2_000_000, max_tokens=1))
+        assert error.reason == "CONTEXT_LENGTH_EXCEEDED" and "more than 64 tokens" in error.message
+
+
+def test_tokenizing_under_a_limit_reads_no_further_than_the_limit():
+    assert tokenize("one two three four", limit=2).pieces == ("one", " two")
+    assert tokenize("one two", limit=5) == tokenize("one two")

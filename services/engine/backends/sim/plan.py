@@ -53,8 +53,10 @@ def plan_generation(
     generation_input = request.input
     kind = generation_input.WhichOneof("input")
     forced = None
+    # Text is tokenized only as far as the context window reaches (see _check_context).
+    limit = settings.max_model_len + 1
     if kind == "prompt":
-        prompt = tokenize(generation_input.prompt.text)
+        prompt = tokenize(generation_input.prompt.text, limit)
     elif kind == "tokens":
         token_ids = generation_input.tokens.token_ids
         if any(token >= VOCAB_SIZE for token in token_ids):
@@ -63,7 +65,7 @@ def plan_generation(
             )
         prompt = detokenize(token_ids)
     elif kind == "chat":
-        prompt = tokenize(render_chat(generation_input.chat))
+        prompt = tokenize(render_chat(generation_input.chat), limit)
         forced = forced_output(generation_input.chat)
     else:
         raise InvalidRequestError("The request has no prompt or messages.", param="input")
@@ -144,11 +146,12 @@ def _plan_sampling(
 def _check_context(
     prompt_tokens: int, params: inference_pb2.SamplingParams, max_model_len: int, what: str
 ) -> int:
-    """The max_tokens to use; raises when the prompt, or the prompt plus max_tokens, does not fit."""
+    """The max_tokens to use; raises when the prompt, or the prompt plus max_tokens, does not fit.
+    A text prompt is counted only up to max_model_len + 1 tokens, hence "more than"."""
     if prompt_tokens > max_model_len:
         raise ContextLengthExceededError(
             f"This model's maximum context length is {max_model_len} tokens. However, your {what} "
-            f"resulted in {prompt_tokens} tokens. Please reduce the length of the {what}.",
+            f"resulted in more than {max_model_len} tokens. Please reduce the length of the {what}.",
             param=what,
         )
     if not params.HasField("max_tokens"):

@@ -9,6 +9,7 @@ back exactly (echo with logprobs relies on that).
 
 from __future__ import annotations
 
+import itertools
 import re
 import zlib
 from dataclasses import dataclass
@@ -92,8 +93,13 @@ class Tokenized:
     pieces: tuple[str, ...]
 
 
-def tokenize(text: str) -> Tokenized:
-    pieces = tuple(_PIECE.findall(text))
+def tokenize(text: str, limit: int | None = None) -> Tokenized:
+    """The text's tokens; with `limit`, only its first `limit` tokens, so that the work is bounded by
+    the limit rather than by the text (a prompt of megabytes would otherwise hold the event loop)."""
+    if limit is None:
+        pieces = tuple(_PIECE.findall(text))
+    else:
+        pieces = tuple(match.group() for match in itertools.islice(_PIECE.finditer(text), limit))
     return Tokenized(tuple(token_id_of(piece) for piece in pieces), pieces)
 
 
