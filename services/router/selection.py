@@ -5,7 +5,9 @@ The rule (the thresholds are `SelectionSettings`):
 - An explicit `model` (anything but "" and "auto"), or a `models` list of exactly one, wins: it is the
   only candidate, whatever `exclude_*` say, as the seeds document. It must still be able to serve the
   request (tools, JSON schema, vision, logprobs); its context length is left to the engine, which
-  counts tokens exactly.
+  counts tokens exactly, unless the prompt cannot fit however it is tokenized (`hopeless`: more
+  than `max_chars_per_token` characters per token of the window, or too many token ids). Then the
+  fallbacks are tried, and a request nothing can hold is CONTEXT_LENGTH_EXCEEDED at once.
 - Otherwise the candidates are the registry (or the models in `models`) minus `exclude_models`, minus
   models of `exclude_providers`, minus models that cannot serve the request: context window shorter
   than the estimated prompt plus max_tokens, or tools / JSON schema / vision / logprobs they lack.
@@ -25,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.common.errors import NoEligibleModelError, PermissionDeniedError
+from services.common.errors import ContextLengthExceededError, NoEligibleModelError, PermissionDeniedError
 from services.router.features import RequestFeatures
 from services.router.registry import ModelEntry, Registry, ResolvedModel
 from services.router.scoring import Score
@@ -98,6 +100,14 @@ def exclusion(entry: ModelEntry, features: RequestFeatures) -> str:
     return ""
 
 
+def hopeless(entry: ModelEntry, features: RequestFeatures, settings: SelectionSettings) -> bool:
+    """Whether the prompt cannot fit `entry`'s context window however it is tokenized."""
+    window = entry.context_window
+    if features.kind == "tokens":  # counted exactly
+        return features.prompt_tokens >= window
+    return features.prompt_chars > window * settings.max_chars_per_token
+
+
 def estimated_cost(entry: ModelEntry, features: RequestFeatures, settings: SelectionSettings) -> float:
     output = features.output_tokens_requested or settings.default_output_tokens * features.n
     return entry.price(features.prompt_tokens, output)
@@ -141,7 +151,17 @@ def select_models(
                 metadata={"param": "model", "excluded": f"{resolved.entry.id}: {reason}"},
             )
         chosen = Candidate(resolved.entry, 1.0, estimated_cost(resolved.entry, features, settings), True)
-        plan = _plan([resolved], fallbacks, features)
+        plan = tuple(
+            planned
+            for planned in _plan([resolved], fallbacks, features)
+            if not hopeless(planned.entry, features, settings)
+        )
+        if not plan:
+            raise ContextLengthExceededError(
+                f"The prompt is longer than the context window of the model '{explicit_name}' "
+                f"({resolved.entry.context_window} tokens) could hold.",
+                param="messages" if features.kind == "chat" else "prompt",
+            )
         return Selection((chosen,), plan, preference, need, explicit=True)
 
     if routing.models:

@@ -34,6 +34,10 @@ class SelectionSettings(BaseModel):
     chars_per_token: float = Field(default=4.0, gt=0)
     # Output tokens assumed for cost estimates when a request sets no max_tokens.
     default_output_tokens: int = Field(default=256, ge=1)
+    # The most characters one token could plausibly hold. An explicit model's context is otherwise
+    # left to the engine's exact count; a text prompt longer than this many characters per token of
+    # its context window cannot fit however it is tokenized, so it is refused without an engine call.
+    max_chars_per_token: float = Field(default=32.0, gt=0)
 
     def quality_needed(
         self, preference: Literal["balanced", "powerful", "efficient"], difficulty: float

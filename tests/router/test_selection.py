@@ -11,7 +11,7 @@ import textwrap
 import grpc
 import pytest
 
-from services.common.errors import ModelNotFoundError, NoEligibleModelError
+from services.common.errors import ContextLengthExceededError, ModelNotFoundError, NoEligibleModelError
 from services.router.features import extract_features
 from services.router.registry import parse_registry
 from services.router.scoring import Score
@@ -143,6 +143,16 @@ def test_an_explicit_model_wins(routing, expected):
 def test_an_explicit_model_is_not_refused_on_the_router_s_token_estimate():
     # The engine counts tokens exactly and answers CONTEXT_LENGTH_EXCEEDED itself if it must.
     assert chosen(prompt_input("word " * 16_000), model="acme/nano") == "acme/nano"
+
+
+def test_an_explicit_model_is_refused_at_once_for_a_prompt_it_could_never_hold():
+    # acme/nano's 4096 tokens hold at most 4096 x 32 characters, however they are tokenized.
+    hopeless = prompt_input("word " * 28_000)
+    with pytest.raises(ContextLengthExceededError) as caught:
+        choose(hopeless, model="acme/nano")
+    assert caught.value.metadata["param"] == "prompt" and "4096" in caught.value.message
+    # A fallback with room still serves it.
+    assert chosen(hopeless, model="acme/nano", fallback_models=["acme/large"]) == "acme/large"
 
 
 @pytest.mark.parametrize(
