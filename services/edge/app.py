@@ -56,7 +56,16 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             await app.state.edge.router.close()
 
     # The contract is OpenAI's API; no generated docs beside it on a public port.
-    app = FastAPI(title="Switchyard edge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # redirect_slashes off: OpenAI answers a path with a trailing slash with 404, not a 307 redirect
+    # (which clients would follow without the key, and which answers before authentication).
+    app = FastAPI(
+        title="Switchyard edge",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,
+    )
     app.include_router(routes.router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)

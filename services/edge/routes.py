@@ -98,7 +98,8 @@ async def retrieve_request(request_id: str, request: Request, ctx: Context) -> R
     return await _edge(request).accounts.retrieve_request(request_id, ctx)
 
 
-@router.get("/health")
+# HEAD too: load balancers and uptime checkers probe with it.
+@router.api_route("/health", methods=["GET", "HEAD"])
 async def health(request: Request) -> Response:
     """200 while the router's grpc.health.v1 reports RouterService SERVING, else 503. No key needed."""
     edge = _edge(request)

@@ -106,6 +106,15 @@ async def test_unknown_routes_and_methods_are_openai_errors(edge: Edge):
     assert_matches("ErrorResponse", wrong_method.json())
 
 
+async def test_a_trailing_slash_is_not_found_rather_than_redirected_and_health_answers_head(edge: Edge):
+    async with edge.http() as http:
+        slashed = await http.post("/v1/chat/completions/", json={}, headers=AUTH)
+        head = await http.head("/health")
+    assert slashed.status_code == 404
+    assert_matches("ErrorResponse", slashed.json())
+    assert head.status_code == 200 and head.content == b""
+
+
 @pytest.mark.parametrize(
     ("error", "sdk_error", "status", "code"),
     [
