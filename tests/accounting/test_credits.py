@@ -299,3 +299,25 @@ async def test_reconcile_at_start_releases_only_this_routers_leases(settings, cl
         assert figures["balance"] == 2_000_000_000 - figures["held"]
     finally:
         await restarted.close()
+
+
+async def test_requests_draw_from_one_lease_and_a_key_is_refused_only_past_balance_and_lease(
+    make_accounting,
+):
+    accounting = await make_accounting(credit_lease_credits=1.2)
+    key_id, secret = await new_key(accounting, credits=1.5)
+    first = await admit(accounting, secret, request_id="a", max_out=100)  # holds 0.3
+    second = await admit(accounting, secret, request_id="b", max_out=100)
+    figures = await ledger_figures(accounting.database, key_id)
+    # One grant of 1.2 covers both holds; 0.3 stays in the balance.
+    assert (figures["reservations"], figures["balance"]) == (1, 300_000_000)
+    # 0.6 free in the lease + 0.3 in the balance: a 0.9 hold fits (the lease grows), a 1.0 one not.
+    with pytest.raises(InsufficientQuotaError):
+        await admit(accounting, secret, request_id="c", max_out=450)
+    third = await admit(accounting, secret, request_id="d", max_out=400)
+    for admission in (first, second, third):
+        accounting.settle_in_background(admission, usage(100, 10))
+    await accounting.settled()
+    figures = await ledger_figures(accounting.database, key_id)
+    assert figures["balance"] == 1_500_000_000 - 3 * 120_000_000
+    assert_exact_ledger(figures)
