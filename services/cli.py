@@ -260,6 +260,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def add_up_parser(subparsers) -> None:
+    from services.router.accounting.settings import database_url_from
+
     up = subparsers.add_parser("up", help="run engine, router and edge on this machine")
     up.add_argument("--engine", choices=["vllm", "sim"], default="vllm",
                     help="vllm (default: the tiny local model on CPU, or --model) or the simulator")
@@ -271,7 +273,7 @@ def add_up_parser(subparsers) -> None:
     up.add_argument("--engine-port", type=int, default=50061)
     up.add_argument("--api-key", help="the API key clients use (default: $SWITCHYARD_API_KEY or a new one); "
                     "made an admin key with ample credits in the database if it is not there yet")
-    up.add_argument("--database", metavar="URL",
+    up.add_argument("--database", metavar="URL_OR_PATH", type=database_url_from,
                     help="the router's database for keys, credits and the request log (default: "
                     "$SWITCHYARD_ROUTER_ACCOUNTING__DATABASE_URL or ./var/switchyard.db, "
                     "as `switchyard keys`)")

@@ -24,7 +24,7 @@ from services.router.accounting import migrations
 from services.router.accounting.database import Database
 from services.router.accounting.keys import KeyPolicy, KeyRecord, KeyStore
 from services.router.accounting.pricing import nanocredits_to_credits
-from services.router.accounting.settings import DATABASE_URL_ENV, default_database_url
+from services.router.accounting.settings import DATABASE_URL_ENV, database_url_from, default_database_url
 
 # What `switchyard up --api-key KEY` gives its key: enough that local use never runs out.
 AMPLE_CREDITS = 1_000_000.0
@@ -35,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     database.add_argument(
         "--database",
         default=None,
-        metavar="URL",
-        help=f"SQLAlchemy async URL (default: ${DATABASE_URL_ENV} or ./var/switchyard.db)",
+        metavar="URL_OR_PATH",
+        type=database_url_from,
+        help=f"SQLAlchemy async URL or SQLite file (default: ${DATABASE_URL_ENV} or ./var/switchyard.db)",
     )
     keys = subparsers.add_parser("keys", help="create, list, revoke and top up API keys")
     commands = keys.add_subparsers(dest="keys_command", required=True)

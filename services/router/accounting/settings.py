@@ -7,11 +7,18 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Where the `switchyard keys` command and `switchyard up` find the database when --database is not
 # given: the same variable the router reads through its nested settings.
 DATABASE_URL_ENV = "SWITCHYARD_ROUTER_ACCOUNTING__DATABASE_URL"
+
+
+def database_url_from(value: str) -> str:
+    """A SQLAlchemy URL as given, or a plain file path as the SQLite URL of that file."""
+    if "://" in value:
+        return value
+    return f"sqlite+aiosqlite:///{Path(value).expanduser().resolve()}"
 
 
 def default_database_url() -> str:
@@ -38,6 +45,12 @@ class AccountingSettings(BaseModel):
     enabled: bool = True
     # SQLAlchemy async URL: sqlite+aiosqlite:///path (one router) or postgresql+asyncpg://... (many).
     database_url: str = Field(default_factory=default_database_url)
+
+    @field_validator("database_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return database_url_from(value)
+
     # Apply the Alembic migrations (upgrade head) when the router starts.
     migrate_on_start: bool = True
     # Names this router's credit leases, so that a restart releases the ones its previous run left
