@@ -3,7 +3,8 @@ accounting layer (services/router/accounting/pricing.py). Pure: registry entries
 
 The hold. Before dispatch the router holds the most the request can cost: prompt tokens (the
 router's estimate) at the input price plus the most it may generate (max_tokens, or the room left
-in the model's context window, times n or best_of) at the output price. A request's plan may fall
+in the model's context window, times n or best_of) at the output price; for a batch of prompts
+(GenerateRequest.batch), the sum of that over the prompts. A request's plan may fall
 back to other models, so the hold is computed for every model of the plan:
 - the router first holds what the dearest model of the plan can cost, so that any fallback is
   covered and the settlement never exceeds the hold;
@@ -48,23 +49,27 @@ class CostBound:
 
 
 def cost_bound(
-    entry: ModelEntry, features: RequestFeatures, sampling: inference_pb2.SamplingParams
+    entry: ModelEntry, prompts: Sequence[RequestFeatures], sampling: inference_pb2.SamplingParams
 ) -> CostBound:
-    room = max(1, entry.context_window - features.prompt_tokens)
-    completion = max_completion_tokens(sampling, room)
+    """The most `prompts` (one, or each prompt of a batch, all with `sampling`) can cost on `entry`."""
+    prompt_tokens = completion = 0
+    for features in prompts:
+        room = max(1, entry.context_window - features.prompt_tokens)
+        prompt_tokens += features.prompt_tokens
+        completion += max_completion_tokens(sampling, room)
     prices = model_prices(entry)
-    return CostBound(
-        prices, features.prompt_tokens, completion, prices.cost(features.prompt_tokens, completion)
-    )
+    return CostBound(prices, prompt_tokens, completion, prices.cost(prompt_tokens, completion))
 
 
 def plan_holds(
-    plan: Sequence[ResolvedModel], features: RequestFeatures, sampling: inference_pb2.SamplingParams
+    plan: Sequence[ResolvedModel],
+    prompts: Sequence[RequestFeatures],
+    sampling: inference_pb2.SamplingParams,
 ) -> list[tuple[CostBound, tuple[ResolvedModel, ...]]]:
     """What to try to hold, in order, each with the part of the plan it covers: the whole plan under
     its dearest model's bound; then, if that is dearer, the first choice's bound with the models
     that cannot cost more (see the module docstring)."""
-    bounds = [cost_bound(model.entry, features, sampling) for model in plan]
+    bounds = [cost_bound(model.entry, prompts, sampling) for model in plan]
     first, dearest = bounds[0], max(bounds, key=lambda bound: bound.nanocredits)
     if dearest.nanocredits <= first.nanocredits:
         return [(first, tuple(plan))]

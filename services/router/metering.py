@@ -176,7 +176,10 @@ class MeteredRequest:
         self.timestamp = timestamp
         self.cached: CachedResponse | None = None
         self._accounting = accounting
-        self._use_cache = use_cache and accounting is not None
+        # A batch's response is several prompts' answers: not what a one-prompt request would get.
+        self._use_cache = use_cache and accounting is not None and not request.batch
+        # The input the request log keeps, whose sampling every prompt shares: the batch's first.
+        self._input = request.batch[0] if request.batch else request.input
         self._time_remaining = time_remaining
         self._decision: Decision | None = None
         self._routing_time: float | None = None
@@ -208,7 +211,7 @@ class MeteredRequest:
                 cached=True,
             )
             return (first,), self.cached
-        options = plan_holds(plan, decision.features, self.request.input.sampling)
+        options = plan_holds(plan, decision.prompts, self._input.sampling)
         for bound, covered in options[:-1]:
             try:
                 await self._hold_bound(self._accounting, first, bound)
@@ -323,7 +326,7 @@ class MeteredRequest:
             attempts=outcome.attempts,
             fallbacks_used=outcome.fallbacks_used,
             cached=self.cached is not None,
-            request=request.input,
+            request=self._input,
             completions=completions,
             log_disabled=request.disable_log,
             created=self.timestamp,

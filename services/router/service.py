@@ -12,6 +12,7 @@ import grpc
 
 from services.common.errors import PermissionDeniedError
 from services.router.accounting import Principal
+from services.router.batch import BatchRun, batch_jobs
 from services.router.breakdown import build_breakdown, candidate_scores
 from services.router.decision import Decision, decide
 from services.router.dispatch import (
@@ -114,6 +115,7 @@ class RouterServicer:
         received_at = metered.received_at
         outcome = Outcome()
         job: Job | None = None
+        batch: BatchRun | None = None
         try:
             decision = self._decide(request, metered.principal)
             routing_time = time.perf_counter() - received_at
@@ -132,14 +134,22 @@ class RouterServicer:
                     reveal=metered.reveal,
                     time_remaining=context.time_remaining,
                 )
-                events = self._dispatcher.stream(job, outcome)
+                if request.batch:
+                    batch = BatchRun(self._dispatcher, batch_jobs(job, request.batch))
+                    events = batch.stream(outcome)
+                else:
+                    events = self._dispatcher.stream(job, outcome)
             async for event in events:
                 yield event
         except BaseException as error:
-            if job is not None:
+            if batch is not None:
+                await batch.close(outcome)
+            elif job is not None:
                 bill_what_was_sent(job, outcome)
             metered.finish(outcome, error)
             raise
+        if batch is not None:
+            await batch.close(outcome)
         cost = metered.finish(outcome)
 
         finished = router_pb2.GenerateFinished(usage=outcome.usage)

@@ -27,47 +27,47 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from switchyard.inference.v1 import inference_pb2 as switchyard_dot_inference_dot_v1_dot_inference__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)switchyard/router/v1/router_service.proto\x12\x14switchyard.router.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'switchyard/inference/v1/inference.proto\"\xa8\x01\n\x0eRoutingOptions\x12:\n\npreference\x18\x01 \x01(\x0e\x32&.switchyard.router.v1.RouterPreference\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x17\n\x0f\x66\x61llback_models\x18\x03 \x03(\t\x12\x16\n\x0e\x65xclude_models\x18\x04 \x03(\t\x12\x19\n\x11\x65xclude_providers\x18\x05 \x03(\t\"\xc3\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x37\n\x05input\x18\x03 \x01(\x0b\x32(.switchyard.inference.v1.GenerationInput\x12\x35\n\x07routing\x18\x04 \x01(\x0b\x32$.switchyard.router.v1.RoutingOptions\x12\x1b\n\x13\x63ustomer_identifier\x18\x05 \x01(\t\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x19\n\x11request_breakdown\x18\x07 \x01(\x08\x12\x13\n\x0b\x64isable_log\x18\x08 \x01(\x08\x12\x0e\n\x06stream\x18\t \x01(\x08\x12\x15\n\rdisable_cache\x18\n \x01(\x08\"\xbd\x01\n\x10GenerateResponse\x12.\n\x06routed\x18\x01 \x01(\x0b\x32\x1c.switchyard.router.v1.RoutedH\x00\x12\x34\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32#.switchyard.inference.v1.TokenDeltaH\x00\x12:\n\x08\x66inished\x18\x03 \x01(\x0b\x32&.switchyard.router.v1.GenerateFinishedH\x00\x42\x07\n\x05\x65vent\"(\n\x06Routed\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\t\"|\n\x10GenerateFinished\x12-\n\x05usage\x18\x01 \x01(\x0b\x32\x1e.switchyard.inference.v1.Usage\x12\x39\n\tbreakdown\x18\x02 \x01(\x0b\x32&.switchyard.router.v1.RequestBreakdown\"\x9f\x04\n\x10RequestBreakdown\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\x12\x0c\n\x04\x63ost\x18\x04 \x01(\x01\x12\r\n\x05model\x18\x05 \x01(\t\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x07 \x01(\t\x12\x12\n\ndifficulty\x18\x08 \x01(\x01\x12:\n\npreference\x18\t \x01(\x0e\x32&.switchyard.router.v1.RouterPreference\x12\x34\n\x06scores\x18\n \x03(\x0b\x32$.switchyard.router.v1.CandidateScore\x12\x14\n\x0crouting_time\x18\x0b \x01(\x01\x12\x0f\n\x07latency\x18\x0c \x01(\x01\x12\x1b\n\x13time_to_first_token\x18\r \x01(\x01\x12\x10\n\x08\x61ttempts\x18\x0e \x01(\r\x12\x16\n\x0e\x66\x61llbacks_used\x18\x0f \x03(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x10 \x01(\x08\x12-\n\ttimestamp\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bstatus_code\x18\x12 \x01(\r\x12\x0e\n\x06stream\x18\x13 \x01(\x08\x12)\n\x08metadata\x18\x14 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x94\x01\n\x0e\x43\x61ndidateScore\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x0f\n\x07quality\x18\x04 \x01(\x01\x12\x16\n\x0e\x65stimated_cost\x18\x05 \x01(\x01\x12\x10\n\x08\x65ligible\x18\x06 \x01(\x08\x12\x17\n\x0f\x65xcluded_reason\x18\x07 \x01(\t\"F\n\x0cRouteRequest\x12\x36\n\x07request\x18\x01 \x01(\x0b\x32%.switchyard.router.v1.GenerateRequest\"\xa5\x01\n\rRouteResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x12\n\ndifficulty\x18\x04 \x01(\x01\x12\x38\n\ncandidates\x18\x05 \x03(\x0b\x32$.switchyard.router.v1.CandidateScore\x12\x14\n\x0crouting_time\x18\x06 \x01(\x01\"\x97\x02\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\r\x12\x0f\n\x07quality\x18\x05 \x01(\x01\x12\x13\n\x0binput_price\x18\x06 \x01(\x01\x12\x14\n\x0coutput_price\x18\x07 \x01(\x01\x12\x16\n\x0esupports_tools\x18\x08 \x01(\x08\x12\x1c\n\x14supports_json_schema\x18\t \x01(\x08\x12\x17\n\x0fsupports_vision\x18\n \x01(\x08\x12\x14\n\x0cmax_logprobs\x18\x0b \x01(\r\x12\x15\n\rlora_adapters\x18\x0c \x03(\t\x12\x0f\n\x07\x63reated\x18\r \x01(\x03\"\x13\n\x11ListModelsRequest\"A\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.switchyard.router.v1.Model\"\x1d\n\x0fGetModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x10GetModelResponse\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.switchyard.router.v1.Model\"\x15\n\x13\x41uthenticateRequest\"\x16\n\x14\x41uthenticateResponse*\x96\x01\n\x10RouterPreference\x12!\n\x1dROUTER_PREFERENCE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aROUTER_PREFERENCE_BALANCED\x10\x01\x12\x1e\n\x1aROUTER_PREFERENCE_POWERFUL\x10\x02\x12\x1f\n\x1bROUTER_PREFERENCE_EFFICIENT\x10\x03\x32\xe1\x03\n\rRouterService\x12P\n\x05Route\x12\".switchyard.router.v1.RouteRequest\x1a#.switchyard.router.v1.RouteResponse\x12[\n\x08Generate\x12%.switchyard.router.v1.GenerateRequest\x1a&.switchyard.router.v1.GenerateResponse0\x01\x12_\n\nListModels\x12\'.switchyard.router.v1.ListModelsRequest\x1a(.switchyard.router.v1.ListModelsResponse\x12Y\n\x08GetModel\x12%.switchyard.router.v1.GetModelRequest\x1a&.switchyard.router.v1.GetModelResponse\x12\x65\n\x0c\x41uthenticate\x12).switchyard.router.v1.AuthenticateRequest\x1a*.switchyard.router.v1.AuthenticateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)switchyard/router/v1/router_service.proto\x12\x14switchyard.router.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'switchyard/inference/v1/inference.proto\"\xa8\x01\n\x0eRoutingOptions\x12:\n\npreference\x18\x01 \x01(\x0e\x32&.switchyard.router.v1.RouterPreference\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x17\n\x0f\x66\x61llback_models\x18\x03 \x03(\t\x12\x16\n\x0e\x65xclude_models\x18\x04 \x03(\t\x12\x19\n\x11\x65xclude_providers\x18\x05 \x03(\t\"\xfc\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x37\n\x05input\x18\x03 \x01(\x0b\x32(.switchyard.inference.v1.GenerationInput\x12\x35\n\x07routing\x18\x04 \x01(\x0b\x32$.switchyard.router.v1.RoutingOptions\x12\x1b\n\x13\x63ustomer_identifier\x18\x05 \x01(\t\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x19\n\x11request_breakdown\x18\x07 \x01(\x08\x12\x13\n\x0b\x64isable_log\x18\x08 \x01(\x08\x12\x0e\n\x06stream\x18\t \x01(\x08\x12\x15\n\rdisable_cache\x18\n \x01(\x08\x12\x37\n\x05\x62\x61tch\x18\x0b \x03(\x0b\x32(.switchyard.inference.v1.GenerationInput\"\xbd\x01\n\x10GenerateResponse\x12.\n\x06routed\x18\x01 \x01(\x0b\x32\x1c.switchyard.router.v1.RoutedH\x00\x12\x34\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32#.switchyard.inference.v1.TokenDeltaH\x00\x12:\n\x08\x66inished\x18\x03 \x01(\x0b\x32&.switchyard.router.v1.GenerateFinishedH\x00\x42\x07\n\x05\x65vent\"(\n\x06Routed\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\t\"|\n\x10GenerateFinished\x12-\n\x05usage\x18\x01 \x01(\x0b\x32\x1e.switchyard.inference.v1.Usage\x12\x39\n\tbreakdown\x18\x02 \x01(\x0b\x32&.switchyard.router.v1.RequestBreakdown\"\x9f\x04\n\x10RequestBreakdown\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\x12\x0c\n\x04\x63ost\x18\x04 \x01(\x01\x12\r\n\x05model\x18\x05 \x01(\t\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x07 \x01(\t\x12\x12\n\ndifficulty\x18\x08 \x01(\x01\x12:\n\npreference\x18\t \x01(\x0e\x32&.switchyard.router.v1.RouterPreference\x12\x34\n\x06scores\x18\n \x03(\x0b\x32$.switchyard.router.v1.CandidateScore\x12\x14\n\x0crouting_time\x18\x0b \x01(\x01\x12\x0f\n\x07latency\x18\x0c \x01(\x01\x12\x1b\n\x13time_to_first_token\x18\r \x01(\x01\x12\x10\n\x08\x61ttempts\x18\x0e \x01(\r\x12\x16\n\x0e\x66\x61llbacks_used\x18\x0f \x03(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x10 \x01(\x08\x12-\n\ttimestamp\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bstatus_code\x18\x12 \x01(\r\x12\x0e\n\x06stream\x18\x13 \x01(\x08\x12)\n\x08metadata\x18\x14 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x94\x01\n\x0e\x43\x61ndidateScore\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x0f\n\x07quality\x18\x04 \x01(\x01\x12\x16\n\x0e\x65stimated_cost\x18\x05 \x01(\x01\x12\x10\n\x08\x65ligible\x18\x06 \x01(\x08\x12\x17\n\x0f\x65xcluded_reason\x18\x07 \x01(\t\"F\n\x0cRouteRequest\x12\x36\n\x07request\x18\x01 \x01(\x0b\x32%.switchyard.router.v1.GenerateRequest\"\xa5\x01\n\rRouteResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x12\n\ndifficulty\x18\x04 \x01(\x01\x12\x38\n\ncandidates\x18\x05 \x03(\x0b\x32$.switchyard.router.v1.CandidateScore\x12\x14\n\x0crouting_time\x18\x06 \x01(\x01\"\x97\x02\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\r\x12\x0f\n\x07quality\x18\x05 \x01(\x01\x12\x13\n\x0binput_price\x18\x06 \x01(\x01\x12\x14\n\x0coutput_price\x18\x07 \x01(\x01\x12\x16\n\x0esupports_tools\x18\x08 \x01(\x08\x12\x1c\n\x14supports_json_schema\x18\t \x01(\x08\x12\x17\n\x0fsupports_vision\x18\n \x01(\x08\x12\x14\n\x0cmax_logprobs\x18\x0b \x01(\r\x12\x15\n\rlora_adapters\x18\x0c \x03(\t\x12\x0f\n\x07\x63reated\x18\r \x01(\x03\"\x13\n\x11ListModelsRequest\"A\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.switchyard.router.v1.Model\"\x1d\n\x0fGetModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x10GetModelResponse\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.switchyard.router.v1.Model\"\x15\n\x13\x41uthenticateRequest\"\x16\n\x14\x41uthenticateResponse*\x96\x01\n\x10RouterPreference\x12!\n\x1dROUTER_PREFERENCE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aROUTER_PREFERENCE_BALANCED\x10\x01\x12\x1e\n\x1aROUTER_PREFERENCE_POWERFUL\x10\x02\x12\x1f\n\x1bROUTER_PREFERENCE_EFFICIENT\x10\x03\x32\xe1\x03\n\rRouterService\x12P\n\x05Route\x12\".switchyard.router.v1.RouteRequest\x1a#.switchyard.router.v1.RouteResponse\x12[\n\x08Generate\x12%.switchyard.router.v1.GenerateRequest\x1a&.switchyard.router.v1.GenerateResponse0\x01\x12_\n\nListModels\x12\'.switchyard.router.v1.ListModelsRequest\x1a(.switchyard.router.v1.ListModelsResponse\x12Y\n\x08GetModel\x12%.switchyard.router.v1.GetModelRequest\x1a&.switchyard.router.v1.GetModelResponse\x12\x65\n\x0c\x41uthenticate\x12).switchyard.router.v1.AuthenticateRequest\x1a*.switchyard.router.v1.AuthenticateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'switchyard.router.v1.router_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTERPREFERENCE']._serialized_start=2478
-  _globals['_ROUTERPREFERENCE']._serialized_end=2628
+  _globals['_ROUTERPREFERENCE']._serialized_start=2535
+  _globals['_ROUTERPREFERENCE']._serialized_end=2685
   _globals['_ROUTINGOPTIONS']._serialized_start=172
   _globals['_ROUTINGOPTIONS']._serialized_end=340
   _globals['_GENERATEREQUEST']._serialized_start=343
-  _globals['_GENERATEREQUEST']._serialized_end=666
-  _globals['_GENERATERESPONSE']._serialized_start=669
-  _globals['_GENERATERESPONSE']._serialized_end=858
-  _globals['_ROUTED']._serialized_start=860
-  _globals['_ROUTED']._serialized_end=900
-  _globals['_GENERATEFINISHED']._serialized_start=902
-  _globals['_GENERATEFINISHED']._serialized_end=1026
-  _globals['_REQUESTBREAKDOWN']._serialized_start=1029
-  _globals['_REQUESTBREAKDOWN']._serialized_end=1572
-  _globals['_CANDIDATESCORE']._serialized_start=1575
-  _globals['_CANDIDATESCORE']._serialized_end=1723
-  _globals['_ROUTEREQUEST']._serialized_start=1725
-  _globals['_ROUTEREQUEST']._serialized_end=1795
-  _globals['_ROUTERESPONSE']._serialized_start=1798
-  _globals['_ROUTERESPONSE']._serialized_end=1963
-  _globals['_MODEL']._serialized_start=1966
-  _globals['_MODEL']._serialized_end=2245
-  _globals['_LISTMODELSREQUEST']._serialized_start=2247
-  _globals['_LISTMODELSREQUEST']._serialized_end=2266
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2268
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2333
-  _globals['_GETMODELREQUEST']._serialized_start=2335
-  _globals['_GETMODELREQUEST']._serialized_end=2364
-  _globals['_GETMODELRESPONSE']._serialized_start=2366
-  _globals['_GETMODELRESPONSE']._serialized_end=2428
-  _globals['_AUTHENTICATEREQUEST']._serialized_start=2430
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=2451
-  _globals['_AUTHENTICATERESPONSE']._serialized_start=2453
-  _globals['_AUTHENTICATERESPONSE']._serialized_end=2475
-  _globals['_ROUTERSERVICE']._serialized_start=2631
-  _globals['_ROUTERSERVICE']._serialized_end=3112
+  _globals['_GENERATEREQUEST']._serialized_end=723
+  _globals['_GENERATERESPONSE']._serialized_start=726
+  _globals['_GENERATERESPONSE']._serialized_end=915
+  _globals['_ROUTED']._serialized_start=917
+  _globals['_ROUTED']._serialized_end=957
+  _globals['_GENERATEFINISHED']._serialized_start=959
+  _globals['_GENERATEFINISHED']._serialized_end=1083
+  _globals['_REQUESTBREAKDOWN']._serialized_start=1086
+  _globals['_REQUESTBREAKDOWN']._serialized_end=1629
+  _globals['_CANDIDATESCORE']._serialized_start=1632
+  _globals['_CANDIDATESCORE']._serialized_end=1780
+  _globals['_ROUTEREQUEST']._serialized_start=1782
+  _globals['_ROUTEREQUEST']._serialized_end=1852
+  _globals['_ROUTERESPONSE']._serialized_start=1855
+  _globals['_ROUTERESPONSE']._serialized_end=2020
+  _globals['_MODEL']._serialized_start=2023
+  _globals['_MODEL']._serialized_end=2302
+  _globals['_LISTMODELSREQUEST']._serialized_start=2304
+  _globals['_LISTMODELSREQUEST']._serialized_end=2323
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2325
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2390
+  _globals['_GETMODELREQUEST']._serialized_start=2392
+  _globals['_GETMODELREQUEST']._serialized_end=2421
+  _globals['_GETMODELRESPONSE']._serialized_start=2423
+  _globals['_GETMODELRESPONSE']._serialized_end=2485
+  _globals['_AUTHENTICATEREQUEST']._serialized_start=2487
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=2508
+  _globals['_AUTHENTICATERESPONSE']._serialized_start=2510
+  _globals['_AUTHENTICATERESPONSE']._serialized_end=2532
+  _globals['_ROUTERSERVICE']._serialized_start=2688
+  _globals['_ROUTERSERVICE']._serialized_end=3169
 # @@protoc_insertion_point(module_scope)

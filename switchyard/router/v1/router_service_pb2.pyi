@@ -101,6 +101,7 @@ class GenerateRequest(_message.Message):
     DISABLE_LOG_FIELD_NUMBER: _builtins.int
     STREAM_FIELD_NUMBER: _builtins.int
     DISABLE_CACHE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique per request; made by the router when empty (or taken from x-request-id)."""
     model: _builtins.str
@@ -125,6 +126,19 @@ class GenerateRequest(_message.Message):
     def metadata(self) -> _struct_pb2.Struct:
         """Caller's key-value pairs, stored with the request log."""
 
+    @_builtins.property
+    def batch(self) -> _containers.RepeatedCompositeFieldContainer[_inference_pb2.GenerationInput]:
+        """Several prompts of one request (a completions `prompt` list), answered as ONE request: decided
+        once (on its longest prompt, so the chosen model holds every prompt), counted once against the
+        key's rate limits, one credit hold covering every prompt, one settlement and one request log row
+        (which keeps the first prompt's input and every choice's text). When set, `input` is left unset;
+        the entries share their sampling parameters. Each prompt runs as its own engine call (with its
+        own retries and fallbacks), concurrently; the stream carries one `routed` event, sent once every
+        prompt has its first output (a prompt refused up front refuses the request before any output),
+        then every prompt's deltas with choice j of prompt i numbered i * n + j, then one `finished`
+        with the summed usage. Never answered from the response cache.
+        """
+
     def __init__(
         self,
         *,
@@ -138,10 +152,11 @@ class GenerateRequest(_message.Message):
         disable_log: _builtins.bool = ...,
         stream: _builtins.bool = ...,
         disable_cache: _builtins.bool = ...,
+        batch: _abc.Iterable[_inference_pb2.GenerationInput] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "metadata", b"metadata", "routing", b"routing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_identifier", b"customer_identifier", "disable_cache", b"disable_cache", "disable_log", b"disable_log", "input", b"input", "metadata", b"metadata", "model", b"model", "request_breakdown", b"request_breakdown", "request_id", b"request_id", "routing", b"routing", "stream", b"stream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "customer_identifier", b"customer_identifier", "disable_cache", b"disable_cache", "disable_log", b"disable_log", "input", b"input", "metadata", b"metadata", "model", b"model", "request_breakdown", b"request_breakdown", "request_id", b"request_id", "routing", b"routing", "stream", b"stream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
