@@ -8,9 +8,7 @@ once it has finished), which is how a client gone or a deadline passed reaches t
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -18,8 +16,6 @@ from services.edge.errors import from_rpc_error
 from services.edge.router_client import Metadata, RouterClient
 from switchyard.inference.v1 import inference_pb2 as inference
 from switchyard.router.v1 import router_service_pb2 as router_pb2
-
-T = TypeVar("T")
 
 # What responses name the model when the router did not say (it always should: `routed` comes first).
 REDACTED = "redacted"
@@ -99,73 +95,3 @@ class Generation:
         """Cancels the call unless it has finished (a finished call is left to complete on its own)."""
         if self.usage is None:
             self._call.cancel()
-
-
-async def open_generations(
-    router: RouterClient,
-    requests: Sequence[router_pb2.GenerateRequest],
-    *,
-    metadata: Sequence[Metadata],
-    grpc_timeout: float,
-) -> list[Generation]:
-    """Opens one generation per request, concurrently; if any fails, none is left running."""
-    if len(requests) == 1:
-        return [await Generation.open(router, requests[0], metadata=metadata[0], grpc_timeout=grpc_timeout)]
-    tasks = [
-        asyncio.ensure_future(
-            Generation.open(router, request, metadata=request_metadata, grpc_timeout=grpc_timeout)
-        )
-        for request, request_metadata in zip(requests, metadata, strict=True)
-    ]
-    try:
-        return await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            if not task.done():
-                task.cancel()
-            elif not task.cancelled() and task.exception() is None:
-                task.result().cancel()
-        raise
-
-
-async def gather_or_cancel(awaitables: Sequence[Awaitable[T]]) -> list[T]:
-    """asyncio.gather that cancels the others as soon as one fails (gather alone leaves them running)."""
-    if len(awaitables) == 1:
-        return [await awaitables[0]]
-    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
-    try:
-        return await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
-async def interleave(iterators: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
-    """Items of several async iterators as they arrive, each with its iterator's position.
-
-    Streams the prompts of one completions request side by side. With one iterator (the usual case)
-    it is a plain loop; otherwise one pending `anext` task per iterator, all cancelled on exit.
-    """
-    if len(iterators) == 1:
-        async for item in iterators[0]:
-            yield 0, item
-        return
-    pending = {
-        asyncio.ensure_future(anext(iterator)): position for position, iterator in enumerate(iterators)
-    }
-    try:
-        while pending:
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                position = pending.pop(task)
-                try:
-                    item = task.result()
-                except StopAsyncIteration:
-                    continue
-                pending[asyncio.ensure_future(anext(iterators[position]))] = position
-                yield position, item
-    finally:
-        # A task cancelled before it ran never resumed its iterator, so this does not close the
-        # iterators: whoever owns the generations cancels their calls (Generation.cancel).
-        for task in pending:
-            task.cancel()

@@ -4,7 +4,7 @@ an event stream the OpenAI way whatever happens."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from typing import Any, TypeVar
 
 import orjson
@@ -22,7 +22,6 @@ from services.edge.generation import Generation
 from services.edge.protocol import InvalidParameter, unknown_fields
 from services.edge.router_client import RouterClient
 from services.edge.sse import DONE, error_event
-from services.edge.translate import sum_usage
 from switchyard.inference.v1 import inference_pb2 as inference
 
 logger = logging.getLogger(__name__)
@@ -73,20 +72,9 @@ def json_response(body: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-def _remaining(generation: Generation) -> tuple[float, float]:
-    headers = generation.rate_limit_headers
-    return (
-        float(headers.get("x-ratelimit-remaining-requests", "inf")),
-        float(headers.get("x-ratelimit-remaining-tokens", "inf")),
-    )
-
-
-def with_rate_limit_headers(response: Response, generations: Sequence[Generation]) -> Response:
-    """Adds OpenAI's x-ratelimit-* headers as the router sent them for this request. A completions
-    request with several prompts was admitted once per prompt: the admission that left the least
-    is the one that holds."""
-    tightest = min(generations, key=_remaining)
-    response.headers.update(tightest.rate_limit_headers)
+def with_rate_limit_headers(response: Response, generation: Generation) -> Response:
+    """Adds OpenAI's x-ratelimit-* headers as the router sent them for this request."""
+    response.headers.update(generation.rate_limit_headers)
     return response
 
 
@@ -97,18 +85,18 @@ def incomplete(request_id: str) -> ApiError:
     return internal_error()
 
 
-def total_usage(generations: Sequence[Generation], request_id: str) -> inference.Usage:
-    """The usage of every generation of a request, summed; raises if one never finished."""
-    if any(generation.usage is None for generation in generations):
+def total_usage(generation: Generation, request_id: str) -> inference.Usage:
+    """The request's usage; raises if the generation never finished."""
+    if generation.usage is None:
         raise incomplete(request_id)
-    return sum_usage(generation.usage for generation in generations)  # type: ignore[misc]
+    return generation.usage
 
 
 async def event_stream(
-    chunks: AsyncGenerator[bytes, None], generations: Sequence[Generation], request_id: str
+    chunks: AsyncGenerator[bytes, None], generation: Generation, request_id: str
 ) -> AsyncGenerator[bytes, None]:
     """Passes `chunks` on and ends the stream: an error after the headers went out becomes one
-    `data: {"error": ...}` event, then `data: [DONE]`; whatever ends it cancels the router calls.
+    `data: {"error": ...}` event, then `data: [DONE]`; whatever ends it cancels the router call.
     Cancellation (client gone) is not caught: nothing more is sent to nobody."""
     try:
         async for chunk in chunks:
@@ -119,6 +107,5 @@ async def event_stream(
         logger.exception("request %s: stream failed", request_id)
         yield error_event(internal_error())
     finally:
-        for generation in generations:
-            generation.cancel()
+        generation.cancel()
     yield DONE

@@ -55,8 +55,8 @@ class ChatServing:
                 include_usage=request.include_usage,
             )
             chunks = self._chunks(request, generation, encoder, ctx)
-            stream = EventStreamResponse(event_stream(chunks, [generation], ctx.request_id))
-            return with_rate_limit_headers(stream, [generation])
+            stream = EventStreamResponse(event_stream(chunks, generation, ctx.request_id))
+            return with_rate_limit_headers(stream, generation)
 
         choices = [
             translate.ChatChoiceBuilder(index, logprobs=request.logprobs) for index in range(request.n)
@@ -68,7 +68,7 @@ class ChatServing:
             generation.cancel()
         if any(choice.finish_reason is None for choice in choices):
             raise incomplete(ctx.request_id)
-        usage = total_usage([generation], ctx.request_id)
+        usage = total_usage(generation, ctx.request_id)
         ctx.access.record_usage(usage)
         built = [choice.build() for choice in choices]
         response = {
@@ -82,7 +82,7 @@ class ChatServing:
         breakdown = _breakdown(request, generation, built[0]["message"])
         if breakdown is not None:
             response["request_breakdown"] = breakdown
-        return with_rate_limit_headers(json_response(response), [generation])
+        return with_rate_limit_headers(json_response(response), generation)
 
     @staticmethod
     async def _chunks(
@@ -144,7 +144,7 @@ class ChatServing:
                     last = chunk
                     continue
             yield chunk
-        usage = total_usage([generation], ctx.request_id)
+        usage = total_usage(generation, ctx.request_id)
         ctx.access.record_usage(usage)
         if last is not None:
             yield last

@@ -1,20 +1,21 @@
-"""POST /v1/completions: one routed generation per prompt, answered as one OpenAI completion.
+"""POST /v1/completions: one routed generation, answered as one OpenAI completion.
 
-Several prompts fan out to concurrent router calls; choice j of prompt i becomes index i * n + j,
-and usage (and the request breakdown) add up over the prompts.
+Several prompts are still one router call (its `batch`), so they are one request for rate limits,
+credits and the request log, as OpenAI counts them; the router numbers choice j of prompt i
+i * n + j and sums the usage and the breakdown over the prompts.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from starlette.responses import Response
 
 from services.edge import translate
 from services.edge.context import RequestContext
-from services.edge.generation import Generation, gather_or_cancel, interleave, open_generations
+from services.edge.generation import Generation
 from services.edge.protocol import CompletionRequest
 from services.edge.router_client import RouterClient
 from services.edge.serving import (
@@ -36,11 +37,10 @@ class CompletionServing:
 
     async def create(self, body: bytes, ctx: RequestContext) -> Response:
         request = await parse_authenticated(self._router, body, CompletionRequest, ctx)
-        generate_requests = translate.completion_generate_requests(request, ctx.request_id)
-        generations = await open_generations(
+        generation = await Generation.open(
             self._router,
-            generate_requests,
-            metadata=[ctx.metadata(generate_request.request_id) for generate_request in generate_requests],
+            translate.completion_generate_request(request, ctx.request_id),
+            metadata=ctx.metadata(),
             grpc_timeout=ctx.timeout_for(request.timeout),
         )
         response_id, created = translate.response_id("cmpl"), int(time.time())
@@ -49,70 +49,57 @@ class CompletionServing:
                 id=response_id,
                 object="text_completion",
                 created=created,
-                model=generations[0].model,
+                model=generation.model,
                 include_usage=request.include_usage,
             )
-            chunks = self._chunks(request, generations, encoder, ctx)
-            stream = EventStreamResponse(event_stream(chunks, generations, ctx.request_id))
-            return with_rate_limit_headers(stream, generations)
+            chunks = self._chunks(request, generation, encoder, ctx)
+            stream = EventStreamResponse(event_stream(chunks, generation, ctx.request_id))
+            return with_rate_limit_headers(stream, generation)
+        choices = [
+            translate.CompletionChoiceBuilder(index, logprobs=request.logprobs is not None)
+            for index in range(request.n * len(request.prompts()))
+        ]
         try:
-            choices = await self._collect(request, generations, ctx.request_id)
+            async for delta in generation.deltas():
+                choices[delta.index].add(delta)
         finally:
-            for generation in generations:
-                generation.cancel()
-        usage = total_usage(generations, ctx.request_id)
+            generation.cancel()
+        if any(choice.finish_reason is None for choice in choices):
+            raise incomplete(ctx.request_id)
+        usage = total_usage(generation, ctx.request_id)
         ctx.access.record_usage(usage)
         response = {
             "id": response_id,
             "object": "text_completion",
             "created": created,
-            "model": generations[0].model,
+            "model": generation.model,
             "choices": [choice.build() for choice in choices],
             "usage": translate.usage_dict(usage),
         }
-        breakdown = _breakdown(request, generations, choices[0].text)
+        breakdown = _breakdown(request, generation, choices[0].text)
         if breakdown is not None:
             response["request_breakdown"] = breakdown
-        return with_rate_limit_headers(json_response(response), generations)
-
-    @staticmethod
-    async def _collect(
-        request: CompletionRequest, generations: Sequence[Generation], request_id: str
-    ) -> list[translate.CompletionChoiceBuilder]:
-        n = request.n
-        choices = [
-            translate.CompletionChoiceBuilder(index, logprobs=request.logprobs is not None)
-            for index in range(n * len(generations))
-        ]
-
-        async def collect(generation: Generation, first_index: int) -> None:
-            async for delta in generation.deltas():
-                choices[first_index + delta.index].add(delta)
-
-        await gather_or_cancel([collect(generation, i * n) for i, generation in enumerate(generations)])
-        if any(choice.finish_reason is None for choice in choices):
-            raise incomplete(request_id)
-        return choices
+        return with_rate_limit_headers(json_response(response), generation)
 
     @staticmethod
     async def _chunks(
         request: CompletionRequest,
-        generations: Sequence[Generation],
+        generation: Generation,
         encoder: ChunkEncoder,
         ctx: RequestContext,
     ) -> AsyncGenerator[bytes, None]:
-        n = request.n
+        choice_count = request.n * len(request.prompts())
         # Per choice, the characters streamed so far: logprobs' text_offset counts from there.
-        text_lengths = [0] * (n * len(generations)) if request.logprobs is not None else None
+        text_lengths = [0] * choice_count if request.logprobs is not None else None
         first_choice_text: list[str] | None = (
             [] if request.request_breakdown and not request.disable_log else None
         )
-        unfinished = n * len(generations)
+        unfinished = choice_count
         last: bytes | None = None
-        async for position, delta in interleave([generation.deltas() for generation in generations]):
+        async for delta in generation.deltas():
             if not delta.text and not delta.finish_reason and not delta.logprobs:
                 continue
-            index = position * n + delta.index
+            index = delta.index
             logprobs = None
             if text_lengths is not None:
                 entries = translate.CompletionLogprobs()
@@ -137,11 +124,11 @@ class CompletionServing:
                     last = chunk
                     continue
             yield chunk
-        usage = total_usage(generations, ctx.request_id)
+        usage = total_usage(generation, ctx.request_id)
         ctx.access.record_usage(usage)
         if last is not None:
             yield last
-        breakdown = _breakdown(request, generations, "".join(first_choice_text or ()))
+        breakdown = _breakdown(request, generation, "".join(first_choice_text or ()))
         if breakdown is not None:
             # Its own chunk with an empty text and no finish_reason, so that every choice still has
             # exactly one finish_reason; it keeps the stream's id (see serving_chat for why).
@@ -159,15 +146,12 @@ class CompletionServing:
 
 
 def _breakdown(
-    request: CompletionRequest, generations: Sequence[Generation], first_choice_text: str
+    request: CompletionRequest, generation: Generation, first_choice_text: str
 ) -> dict[str, Any] | None:
-    if not request.request_breakdown:
-        return None
-    breakdowns = [generation.breakdown for generation in generations if generation.breakdown is not None]
-    if len(breakdowns) != len(generations):
-        return None  # the router did not report one (it should, when asked)
+    if not request.request_breakdown or generation.breakdown is None:
+        return None  # not asked for, or the router did not report one (it should, when asked)
     return translate.breakdown_dict(
-        translate.merge_breakdowns(breakdowns),
+        generation.breakdown,
         metadata=request.metadata,
         logged=translate.completion_logged_text(request, first_choice_text),
     )

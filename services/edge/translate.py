@@ -1,6 +1,6 @@
 """Pure translation between the OpenAI wire format and the router's protobuf contract.
 
-Requests: a validated wire model -> router GenerateRequest(s). Responses: TokenDelta / Usage /
+Requests: a validated wire model -> a router GenerateRequest. Responses: TokenDelta / Usage /
 RequestBreakdown -> the plain dicts of OpenAI's response objects. No I/O, no gRPC calls; the
 builders here are fed by serving.py, the streaming chunk encoders by sse.py.
 """
@@ -8,7 +8,7 @@ builders here are fed by serving.py, the streaming chunk encoders by sse.py.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
@@ -90,7 +90,7 @@ def _sampling(
 
 
 def _generate_request(
-    request: GenerationRequest, request_id: str, generation_input: inference.GenerationInput
+    request: GenerationRequest, request_id: str, generation_input: inference.GenerationInput | None
 ) -> router_pb2.GenerateRequest:
     message = router_pb2.GenerateRequest(
         request_id=request_id,
@@ -117,15 +117,9 @@ def _generate_request(
     return message
 
 
-def sub_request_id(request_id: str, prompt_index: int, prompt_count: int) -> str:
-    """The id of one prompt's generation: engines need ids unique among running requests."""
-    return request_id if prompt_count == 1 else f"{request_id}-{prompt_index}"
-
-
-def completion_generate_requests(
-    request: CompletionRequest, request_id: str
-) -> list[router_pb2.GenerateRequest]:
-    """One router Generate per prompt; a list of prompts fans out (see `sub_request_id`)."""
+def completion_generate_request(request: CompletionRequest, request_id: str) -> router_pb2.GenerateRequest:
+    """One router Generate for the whole request: a list of prompts goes as the router's `batch`,
+    so that it is one request for rate limits, credits and the request log (as OpenAI counts it)."""
     sampling = _sampling(
         request,
         max_tokens=request.max_tokens,
@@ -133,21 +127,17 @@ def completion_generate_requests(
         best_of=request.candidates,
         echo=request.echo,
     )
-    prompts = request.prompts()
-    generate_requests = []
-    for index, prompt in enumerate(prompts):
-        if isinstance(prompt, str):
-            generation_input = inference.GenerationInput(
-                prompt=inference.TextPrompt(text=prompt), sampling=sampling
-            )
-        else:
-            generation_input = inference.GenerationInput(
-                tokens=inference.TokenPrompt(token_ids=prompt), sampling=sampling
-            )
-        generate_requests.append(
-            _generate_request(request, sub_request_id(request_id, index, len(prompts)), generation_input)
-        )
-    return generate_requests
+    inputs = [
+        inference.GenerationInput(prompt=inference.TextPrompt(text=prompt), sampling=sampling)
+        if isinstance(prompt, str)
+        else inference.GenerationInput(tokens=inference.TokenPrompt(token_ids=prompt), sampling=sampling)
+        for prompt in request.prompts()
+    ]
+    if len(inputs) == 1:
+        return _generate_request(request, request_id, inputs[0])
+    message = _generate_request(request, request_id, None)
+    message.batch.extend(inputs)
+    return message
 
 
 def _content_part(part: TextPart | ImagePart) -> inference.ContentPart:
@@ -255,15 +245,6 @@ def usage_dict(usage: inference.Usage) -> dict[str, Any]:
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
     }
-
-
-def sum_usage(usages: Iterable[inference.Usage]) -> inference.Usage:
-    total = inference.Usage()
-    for usage in usages:
-        total.prompt_tokens += usage.prompt_tokens
-        total.completion_tokens += usage.completion_tokens
-        total.cached_tokens += usage.cached_tokens
-    return total
 
 
 class CompletionLogprobs:
@@ -461,30 +442,6 @@ class ChatChoiceBuilder:
 
 
 # --- responses: the request breakdown ------------------------------------------------------------
-
-
-def merge_breakdowns(breakdowns: Sequence[router_pb2.RequestBreakdown]) -> router_pb2.RequestBreakdown:
-    """One breakdown for a completions request with several prompts (one routed generation each).
-
-    Tokens, cost and attempts add up; latency and routing time are the slowest prompt's, time to
-    first token the fastest's; `cached` only if every prompt was; fallbacks are listed in prompt
-    order. The routing decision (model, category, scores) is the first prompt's.
-    """
-    merged = router_pb2.RequestBreakdown()
-    merged.CopyFrom(breakdowns[0])
-    for other in breakdowns[1:]:
-        merged.prompt_tokens += other.prompt_tokens
-        merged.completion_tokens += other.completion_tokens
-        merged.cached_tokens += other.cached_tokens
-        merged.cost += other.cost
-        merged.attempts += other.attempts
-        merged.latency = max(merged.latency, other.latency)
-        merged.routing_time = max(merged.routing_time, other.routing_time)
-        merged.time_to_first_token = min(merged.time_to_first_token, other.time_to_first_token)
-        merged.fallbacks_used.extend(other.fallbacks_used)
-        merged.cached = merged.cached and other.cached
-        merged.status_code = max(merged.status_code, other.status_code)
-    return merged
 
 
 def breakdown_dict(

@@ -188,6 +188,37 @@ async def test_a_rate_limit_is_429_with_retry_after_and_openais_headers(suite: S
     assert response.headers["x-ratelimit-reset-requests"].endswith("s")
 
 
+async def test_a_request_with_several_prompts_is_one_request_everywhere(suite: Suite):
+    """Rate limits, credits and the request log count a prompt list as OpenAI does: one request."""
+    user = await new_user(suite, "batcher", credits=1.0, requests_per_minute=2)
+    before = await user.balance_nanocredits()
+    raw = await user.client().completions.with_raw_response.create(
+        model=FAST_MODEL, prompt=["one", "two two", "three three three"], n=2, max_tokens=3,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    completion = raw.parse()
+    assert [choice.index for choice in completion.choices] == list(range(6))
+    assert raw.headers["x-ratelimit-remaining-requests"] == "1", "admitted and counted once"
+    usage = completion.usage
+    assert usage.completion_tokens == 3 * 2 * 3
+    await user.balance_becomes(
+        lambda balance: balance == before - PRICES.cost(usage.prompt_tokens, usage.completion_tokens)
+    )
+
+    logged = await user.logged(raw.headers["x-request-id"])
+    assert logged["status_code"] == 200
+    assert logged["usage"]["prompt_tokens"] == usage.prompt_tokens
+    assert logged["completions"] == [choice.text for choice in completion.choices]
+    listed = (await user.get("/v1/requests")).json()
+    assert len(listed["data"]) == 1, "one request log row for the three prompts"
+
+    # The second request of the minute is admitted too: the three prompts were one.
+    second = await user.client().completions.create(model=FAST_MODEL, prompt=["a", "b", "c"], max_tokens=1)
+    assert len(second.choices) == 3
+    with pytest.raises(openai.RateLimitError):
+        await user.client().completions.create(model=FAST_MODEL, prompt=["a", "b"], max_tokens=1)
+
+
 # --- usage and the request log ------------------------------------------------------------------
 
 

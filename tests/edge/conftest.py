@@ -70,34 +70,40 @@ def token_logprob(token: str, logprob: float, alternatives: int) -> inference.To
     return inference.TokenLogprob(token=token, logprob=logprob, top_logprobs=tops[:alternatives])
 
 
-def prompt_words(request: router_pb2.GenerateRequest) -> int:
-    which = request.input.WhichOneof("input")
+def prompt_words(generation: inference.GenerationInput) -> int:
+    which = generation.WhichOneof("input")
     if which == "prompt":
-        return len(request.input.prompt.text.split())
+        return len(generation.prompt.text.split())
     if which == "tokens":
-        return len(request.input.tokens.token_ids)
-    return sum(len((m.content or "").split()) for m in request.input.chat.messages)
+        return len(generation.tokens.token_ids)
+    return sum(len((m.content or "").split()) for m in generation.chat.messages)
 
 
 async def words_script(
     request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext
 ) -> AsyncIterator[router_pb2.GenerateResponse]:
     """Choice j says "w0 w1 ..." (one word per delta), prefixed with "p<j>" for n > 1 so that the
-    choices differ; stops with "length" at max_tokens (default 4)."""
-    sampling = request.input.sampling
+    choices differ; stops with "length" at max_tokens (default 4). A batch answers every prompt,
+    choice j of prompt i numbered i * n + j, as the router does."""
+    prompts = request.batch or [request.input]
+    sampling = prompts[0].sampling
     n = sampling.n or 1
     count = sampling.max_tokens if sampling.HasField("max_tokens") else 4
     yield routed()
-    for choice in range(n):
-        for position in range(count):
-            word = f"w{position}" if n == 1 else f"p{choice}w{position}"
-            text = word if position == 0 else f" {word}"
-            fields = {}
-            if sampling.HasField("logprobs"):
-                fields["logprobs"] = [token_logprob(text, -0.5, sampling.logprobs)]
-            last = position == count - 1
-            yield delta(choice, text, inference.FINISH_REASON_LENGTH if last else 0, **fields)
-    yield finished(prompt=prompt_words(request), completion=n * count)
+    for position_in_batch in range(len(prompts)):
+        for choice in range(n):
+            for position in range(count):
+                word = f"w{position}" if n == 1 else f"p{choice}w{position}"
+                text = word if position == 0 else f" {word}"
+                fields = {}
+                if sampling.HasField("logprobs"):
+                    fields["logprobs"] = [token_logprob(text, -0.5, sampling.logprobs)]
+                last = position == count - 1
+                index = position_in_batch * n + choice
+                yield delta(index, text, inference.FINISH_REASON_LENGTH if last else 0, **fields)
+    yield finished(
+        prompt=sum(prompt_words(prompt) for prompt in prompts), completion=len(prompts) * n * count
+    )
 
 
 # --- the fake router -----------------------------------------------------------------------------

@@ -31,23 +31,20 @@ async def cancelled_calls(edge: Edge, count: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "body", "router_calls"),
-    [
-        ("/v1/chat/completions", {"messages": CHAT}, 1),
-        ("/v1/completions", {"prompt": ["one", "two"]}, 2),
-    ],
+    ("path", "body"),
+    [("/v1/chat/completions", {"messages": CHAT}), ("/v1/completions", {"prompt": ["one", "two"]})],
 )
-async def test_a_client_gone_mid_stream_cancels_the_router_calls(edge: Edge, path, body, router_calls):
+async def test_a_client_gone_mid_stream_cancels_the_router_call(edge: Edge, path, body):
     edge.router.script = hang_after(routed(), delta(0, "first"), delta(0, " second"))
     async with edge.http() as http:
         async with http.stream("POST", path, json={**body, "stream": True}, headers=AUTH) as response:
             texts = 0
             async for line in response.aiter_lines():
                 texts += '"first"' in line or '" second"' in line
-                if texts == router_calls * 2:
+                if texts == 2:
                     break
     # The router is silent now: only the closed connection can tell the edge.
-    await cancelled_calls(edge, router_calls)
+    await cancelled_calls(edge, 1)
 
 
 async def test_a_client_gone_before_a_plain_answer_cancels_the_router_call(edge: Edge):

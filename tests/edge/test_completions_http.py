@@ -47,8 +47,8 @@ async def test_n_and_several_prompts_give_one_choice_set_per_prompt(edge: Edge):
     assert [c.text for c in completion.choices] == ["p0w0 p0w1", "p1w0 p1w1", "p0w0 p0w1", "p1w0 p1w1"]
     assert completion.usage.prompt_tokens == 3, "prompt tokens add up over the prompts"
     assert completion.usage.completion_tokens == 8
-    assert sorted(call.request.input.prompt.text for call in edge.router.calls) == ["first prompt", "second"]
-    assert len({call.request.request_id for call in edge.router.calls}) == 2
+    [call] = edge.router.calls
+    assert [prompt.prompt.text for prompt in call.request.batch] == ["first prompt", "second"]
 
 
 async def test_logprobs_come_back_in_the_legacy_shape(edge: Edge):
@@ -116,10 +116,12 @@ def a_breakdown(**fields) -> router_pb2.RequestBreakdown:
     )
 
 
-async def test_request_breakdown_adds_up_over_prompts(edge: Edge):
+async def test_request_breakdown_of_several_prompts_is_the_routers_one(edge: Edge):
     async def script(request, context):
         yield routed()
         yield delta(0, "ok", inference.FINISH_REASON_STOP)
+        if request.batch:
+            yield delta(1, "fine", inference.FINISH_REASON_STOP)
         yield finished(prompt=2, completion=1, breakdown=a_breakdown(stream=request.stream))
 
     edge.router.script = script
@@ -127,11 +129,11 @@ async def test_request_breakdown_adds_up_over_prompts(edge: Edge):
     response = (await edge.post("/v1/completions", body)).json()
     assert_matches("CreateCompletionResponse", response)
     breakdown = response["request_breakdown"]
-    assert (breakdown["prompt_tokens"], breakdown["completion_tokens"], breakdown["cost"]) == (4, 2, 0.5)
+    assert (breakdown["prompt_tokens"], breakdown["completion_tokens"], breakdown["cost"]) == (2, 1, 0.25)
     assert breakdown["metadata"] == {"team": 7}
     assert (breakdown["prompt"], breakdown["completion"]) == (["one", "two"], "ok")
     assert breakdown["timestamp"] == "2023-11-14T22:13:20Z"
-    assert all(call.request.request_breakdown for call in edge.router.calls)
+    assert edge.router.calls[-1].request.request_breakdown
 
     events = await edge.stream_events(
         "/v1/completions", {"prompt": "one", "request_breakdown": True, "stream": True}

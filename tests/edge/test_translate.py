@@ -28,7 +28,7 @@ def chat(**body) -> ChatCompletionRequest:
 
 
 def test_sampling_fields_reach_the_router_and_unset_ones_stay_unset():
-    [request] = translate.completion_generate_requests(
+    request = translate.completion_generate_request(
         completion(
             temperature=0,
             top_k=5,
@@ -70,7 +70,7 @@ def test_sampling_fields_reach_the_router_and_unset_ones_stay_unset():
 
 
 def test_routing_fields_reach_the_router():
-    [request] = translate.completion_generate_requests(
+    request = translate.completion_generate_request(
         completion(
             model="auto",
             router_preference="efficient",
@@ -100,23 +100,23 @@ def test_routing_fields_reach_the_router():
 def test_cache_false_keeps_the_request_out_of_the_response_cache():
     assert not translate.chat_generate_request(chat(), "r").disable_cache
     assert translate.chat_generate_request(chat(cache=False), "r").disable_cache
-    fanned_out = translate.completion_generate_requests(completion(prompt=["a", "b"], cache=False), "r")
-    assert [request.disable_cache for request in fanned_out] == [True, True]
+    assert translate.completion_generate_request(
+        completion(prompt=["a", "b"], cache=False), "r"
+    ).disable_cache
+
+
+def test_several_prompts_are_one_router_request_with_a_batch():
+    request = translate.completion_generate_request(completion(prompt=["a", "b c"], max_tokens=3), "r")
+    assert request.request_id == "r" and not request.HasField("input")
+    assert [prompt.prompt.text for prompt in request.batch] == ["a", "b c"]
+    assert [prompt.sampling.max_tokens for prompt in request.batch] == [3, 3]
+    tokens = translate.completion_generate_request(completion(prompt=[[1, 2], [3]]), "r")
+    assert [list(prompt.tokens.token_ids) for prompt in tokens.batch] == [[1, 2], [3]]
 
 
 def test_openai_user_names_the_customer_when_customer_identifier_is_absent():
-    [request] = translate.completion_generate_requests(completion(user="u-1"), "r")
+    request = translate.completion_generate_request(completion(user="u-1"), "r")
     assert request.customer_identifier == "u-1"
-
-
-def test_several_prompts_fan_out_with_unique_request_ids():
-    requests = translate.completion_generate_requests(completion(prompt=["one", "two"], model="m/x"), "req-7")
-    assert [r.input.prompt.text for r in requests] == ["one", "two"]
-    assert [r.request_id for r in requests] == ["req-7-0", "req-7-1"]
-    assert all(r.model == "m/x" for r in requests)
-
-    token_requests = translate.completion_generate_requests(completion(prompt=[[1, 2], [3]]), "req-8")
-    assert [list(r.input.tokens.token_ids) for r in token_requests] == [[1, 2], [3]]
 
 
 def test_chat_messages_tools_and_formats_reach_the_router():
@@ -266,12 +266,7 @@ def test_streamed_tool_call_pieces_become_one_call_with_null_content():
 
 
 def test_usage_counts_cached_prompt_tokens():
-    usage = translate.sum_usage(
-        [
-            inference.Usage(prompt_tokens=5, completion_tokens=2, cached_tokens=4),
-            inference.Usage(prompt_tokens=3),
-        ]
-    )
+    usage = inference.Usage(prompt_tokens=8, completion_tokens=2, cached_tokens=4)
     assert translate.usage_dict(usage) == {
         "prompt_tokens": 8,
         "completion_tokens": 2,
@@ -335,26 +330,6 @@ def test_breakdown_has_seed_003_fields_and_logs_only_without_disable_log():
     assert translate.chat_logged_messages(quiet, completion_message) is None
     result = translate.breakdown_dict(breakdown(), metadata=None, logged=None)
     assert "prompt_messages" not in result and "completion_message" not in result
-
-
-def test_breakdowns_of_several_prompts_add_up():
-    merged = translate.merge_breakdowns(
-        [
-            breakdown(prompt_tokens=2, cost=1.0, latency=1.0, time_to_first_token=0.3, cached=True),
-            breakdown(
-                prompt_tokens=3,
-                cost=0.5,
-                latency=2.0,
-                time_to_first_token=0.1,
-                cached=False,
-                attempts=2,
-                fallbacks_used=["redacted"],
-            ),
-        ]
-    )
-    assert (merged.prompt_tokens, merged.cost, merged.attempts) == (5, 1.5, 3)
-    assert (merged.latency, merged.time_to_first_token, merged.cached) == (2.0, 0.1, False)
-    assert list(merged.fallbacks_used) == ["redacted"]
 
 
 def test_models_are_openai_model_objects():
