@@ -17,25 +17,44 @@ The rule (the thresholds are `SelectionSettings`):
   need scores 0.5 + 0.5 x (1 - cost / highest candidate cost), one below it 0.5 x quality / need
   (< 0.5); an ineligible one 0 and its reason.
 - Generation tries the first-ranked model, then `fallback_models` in order (which `exclude_*` do not
-  affect; ones that cannot serve the request are skipped), then the other candidates by rank.
+  affect; ones that cannot serve the request are skipped), then the other candidates by rank. A
+  fallback the registry does not know is skipped with a log line rather than failing a request
+  whose first choice works (a fallback only matters when that one fails).
 - The caller's API key may be limited to some models (`may_use`): an explicit model outside them is
-  PERMISSION_DENIED; other models outside them are never candidates nor fallbacks.
+  NOT_FOUND (404 model_not_found, as OpenAI answers for a model a key cannot use, which does not
+  confirm the model exists); other models outside them are never candidates nor fallbacks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from services.common.errors import ContextLengthExceededError, NoEligibleModelError, PermissionDeniedError
+from services.common.errors import ContextLengthExceededError, ModelNotFoundError, NoEligibleModelError
 from services.router.features import RequestFeatures
 from services.router.registry import ModelEntry, Registry, ResolvedModel
 from services.router.scoring import Score
 from services.router.settings import SelectionSettings
 from switchyard.router.v1 import router_service_pb2 as router_pb2
 
+logger = logging.getLogger(__name__)
+
 AUTO_MODEL = "auto"
 NOT_ALLOWED = "not allowed for this API key"
+
+
+def _fallbacks(
+    registry: Registry, names: Sequence[str], may_use: Callable[[str], bool]
+) -> list[ResolvedModel]:
+    fallbacks = []
+    for name in names:
+        entry = registry.find(name)
+        if entry is None:
+            logger.info("fallback model '%s' is not in the registry: skipped", name)
+        elif may_use(entry.id):
+            fallbacks.append(registry.resolve(name))
+    return fallbacks
 
 
 def any_model(model_id: str) -> bool:
@@ -124,16 +143,12 @@ def select_models(
     may_use: Callable[[str], bool] = any_model,
 ) -> Selection:
     """Candidates, ranking and plan for one request (see the module docstring). `may_use` tells
-    which model ids the caller's key may use. Raises ModelNotFoundError for a name the registry
-    lacks, PermissionDeniedError for an explicit model the key may not use, NoEligibleModelError
+    which model ids the caller's key may use. Raises ModelNotFoundError for an explicit model the
+    registry lacks or the key may not use, NoEligibleModelError
     when nothing can serve."""
     preference = preference_name(routing.preference)
     need = settings.quality_needed(preference, score.difficulty)
-    fallbacks = [
-        resolved
-        for resolved in (registry.resolve(name) for name in routing.fallback_models)
-        if may_use(resolved.entry.id)
-    ]
+    fallbacks = _fallbacks(registry, routing.fallback_models, may_use)
 
     explicit_name = model if model and model != AUTO_MODEL else ""
     if not explicit_name and len(routing.models) == 1:
@@ -141,9 +156,7 @@ def select_models(
     if explicit_name:
         resolved = registry.resolve(explicit_name)
         if not may_use(resolved.entry.id):
-            raise PermissionDeniedError(
-                f"This API key may not use the model '{explicit_name}'.", metadata={"param": "model"}
-            )
+            raise ModelNotFoundError(explicit_name)
         reason = incapability(resolved.entry, features)
         if reason:
             raise NoEligibleModelError(

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import grpc
 
-from services.common.errors import PermissionDeniedError
+from services.common.errors import ModelNotFoundError
 from services.router.accounting import Principal
 from services.router.batch import BatchRun, batch_jobs
 from services.router.breakdown import build_breakdown, candidate_scores
@@ -207,7 +207,8 @@ class RouterServicer:
         registry = self._registry.current
         entry = registry.resolve(request.id).entry
         if not principal.may_use(entry.id):
-            raise PermissionDeniedError(f"This API key may not use the model '{request.id}'.")
+            # As for a model that does not exist: listing hides it, so this must not confirm it.
+            raise ModelNotFoundError(request.id)
         return router_pb2.GetModelResponse(model=model_message(registry, entry))
 
     async def Authenticate(

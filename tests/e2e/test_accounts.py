@@ -117,10 +117,14 @@ async def test_a_key_made_with_switchyard_keys_create_works_at_once(suite: Suite
 
 async def test_a_key_may_be_limited_to_some_models(suite: Suite):
     user = await new_user(suite, "fast-only", allowed_models=[FAST_MODEL])
-    with pytest.raises(openai.PermissionDeniedError) as caught:
+    with pytest.raises(openai.NotFoundError) as caught:
         await user.client().chat.completions.create(model=SLOW_MODEL, messages=CHAT, max_tokens=2)
     assert_matches("ErrorResponse", caught.value.response.json())
     assert caught.value.response.json()["error"]["param"] == "model"
+    assert caught.value.response.json()["error"]["code"] == "model_not_found"
+    # GET /v1/models/{id} does not confirm it exists either, as OpenAI answers.
+    with pytest.raises(openai.NotFoundError):
+        await user.client().models.retrieve(SLOW_MODEL)
     # Left to choose, the router picks among the models the key may use; and lists only those.
     routed = await user.client().chat.completions.create(model="auto", messages=CHAT, max_tokens=2)
     assert routed.choices[0].message.content

@@ -112,10 +112,10 @@ async def test_a_key_limited_to_some_models_is_routed_among_them_and_refused_the
         )
     )
     assert (error.code, error.reason, error.metadata["param"]) == (
-        grpc.StatusCode.PERMISSION_DENIED,
-        "PERMISSION_DENIED",
+        grpc.StatusCode.NOT_FOUND,
+        "MODEL_NOT_FOUND",
         "model",
-    )
+    ), "as if it did not exist: the key's model list hides it too"
     listed = await cluster.stub.ListModels(router_pb2.ListModelsRequest(), metadata=metadata)
     assert [model.id for model in listed.models] == ["acme/fast"]
     route = await cluster.stub.Route(router_pb2.RouteRequest(request=request), metadata=metadata)

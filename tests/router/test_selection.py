@@ -160,13 +160,17 @@ def test_an_explicit_model_is_refused_at_once_for_a_prompt_it_could_never_hold()
     [
         {"model": "nobody/nothing"},
         {"models": ["acme/nano", "nobody/nothing"]},
-        {"fallback_models": ["nobody/nothing"]},
     ],
 )
 def test_unknown_names_are_not_found(routing):
     with pytest.raises(ModelNotFoundError) as caught:
         choose(**routing)
     assert caught.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_an_unknown_fallback_is_skipped_and_does_not_fail_a_request_its_first_choice_serves():
+    selection = choose(model="acme/nano", fallback_models=["nobody/nothing", "acme/large"])
+    assert [model.entry.id for model in selection.plan] == ["acme/nano", "acme/large"]
 
 
 def test_nothing_eligible_says_which_constraint_excluded_what():

@@ -46,7 +46,9 @@ class RouterServiceStub:
     deadline; what cannot be served ends with a non-OK status carrying google.rpc.ErrorInfo.
     Admission refusals: RESOURCE_EXHAUSTED with RATE_LIMIT_EXCEEDED (ErrorInfo metadata: `limit`,
     `retry_after` in seconds and the x-ratelimit-* values) or INSUFFICIENT_QUOTA (not enough credits);
-    PERMISSION_DENIED for an explicit model the key may not use.
+    NOT_FOUND / MODEL_NOT_FOUND for an explicit model the key may not use, as for one that does not
+    exist (OpenAI's answer; it does not confirm the model exists). Unknown `fallback_models` entries
+    are skipped, not refused.
     """
 
     @_typing.overload
@@ -89,7 +91,9 @@ class RouterServiceAsyncStub(RouterServiceStub):
     deadline; what cannot be served ends with a non-OK status carrying google.rpc.ErrorInfo.
     Admission refusals: RESOURCE_EXHAUSTED with RATE_LIMIT_EXCEEDED (ErrorInfo metadata: `limit`,
     `retry_after` in seconds and the x-ratelimit-* values) or INSUFFICIENT_QUOTA (not enough credits);
-    PERMISSION_DENIED for an explicit model the key may not use.
+    NOT_FOUND / MODEL_NOT_FOUND for an explicit model the key may not use, as for one that does not
+    exist (OpenAI's answer; it does not confirm the model exists). Unknown `fallback_models` entries
+    are skipped, not refused.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -128,7 +132,9 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     deadline; what cannot be served ends with a non-OK status carrying google.rpc.ErrorInfo.
     Admission refusals: RESOURCE_EXHAUSTED with RATE_LIMIT_EXCEEDED (ErrorInfo metadata: `limit`,
     `retry_after` in seconds and the x-ratelimit-* values) or INSUFFICIENT_QUOTA (not enough credits);
-    PERMISSION_DENIED for an explicit model the key may not use.
+    NOT_FOUND / MODEL_NOT_FOUND for an explicit model the key may not use, as for one that does not
+    exist (OpenAI's answer; it does not confirm the model exists). Unknown `fallback_models` entries
+    are skipped, not refused.
     """
 
     @_abc_1.abstractmethod
