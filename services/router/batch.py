@@ -33,6 +33,7 @@ def batch_jobs(job: Job, batch: Sequence[inference_pb2.GenerationInput]) -> list
             customer=job.customer,
             reveal=job.reveal,
             time_remaining=job.time_remaining,
+            named_model=job.named_model,
         )
         for position, generation in enumerate(batch)
     ]

@@ -114,6 +114,9 @@ class Job:
     reveal: bool
     # Seconds left before the caller's deadline, or None without one (the servicer context's).
     time_remaining: Callable[[], float | None]
+    # What `routed` names the first model of the plan for a caller who may not see model names: the
+    # name the caller gave it explicitly (see Selection.named), or "" for "redacted".
+    named_model: str = ""
 
 
 @dataclass(slots=True)
@@ -271,6 +274,8 @@ class Dispatcher:
         outcome.first_output_at = time.perf_counter()
         if job.reveal:
             routed = router_pb2.Routed(model=display_name(model), replica=outcome.replica)
+        elif job.named_model and model is job.plan[0]:
+            routed = router_pb2.Routed(model=job.named_model)
         else:
             routed = router_pb2.Routed(model=REDACTED)
         return router_pb2.GenerateResponse(routed=routed)

@@ -88,6 +88,9 @@ class Selection:
     preference: str
     quality_needed: float
     explicit: bool
+    # The name the caller gave the model it asked for explicitly, when that model is the first of
+    # the plan; "" otherwise. Responses may echo it: it tells the caller nothing they did not send.
+    named: str = ""
 
 
 def preference_name(preference: int) -> str:
@@ -175,7 +178,8 @@ def select_models(
                 f"({resolved.entry.context_window} tokens) could hold.",
                 param="messages" if features.kind == "chat" else "prompt",
             )
-        return Selection((chosen,), plan, preference, need, explicit=True)
+        named = explicit_name if plan[0] is resolved else ""
+        return Selection((chosen,), plan, preference, need, explicit=True, named=named)
 
     if routing.models:
         pool = list(

@@ -133,6 +133,7 @@ class RouterServicer:
                     customer=request.customer_identifier,
                     reveal=metered.reveal,
                     time_remaining=context.time_remaining,
+                    named_model=decision.selection.named,
                 )
                 if request.batch:
                     batch = BatchRun(self._dispatcher, batch_jobs(job, request.batch))

@@ -57,7 +57,9 @@ async def test_chat_completion_answers_with_a_valid_body(suite: Suite):
     assert (
         completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
     )
-    assert completion.model == "redacted", "model names are redacted by default, as the seeds' routers do"
+    assert completion.model == FAST_MODEL, "the model the caller named is echoed: it reveals nothing new"
+    chosen = await client.chat.completions.create(model="auto", messages=CHAT, max_tokens=2)
+    assert chosen.model == "redacted", "a model the router chose stays redacted, as the seeds' routers do"
 
     raw = await post_json(
         suite, "/v1/chat/completions", {"model": FAST_MODEL, "messages": CHAT, "max_tokens": 12}

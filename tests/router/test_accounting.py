@@ -141,6 +141,11 @@ async def test_model_names_are_redacted_unless_the_key_may_see_them(accounted):
     assert reply.finished.breakdown.model == "acme/fast"
     assert (await cluster.stub.Route(route_request, metadata=revealed)).model == "acme/fast"
 
+    named = generate_request(prompt_input("hi", max_tokens=2), model="fast")
+    assert (await cluster.generate(named, metadata=hidden)).routed.model == "fast", (
+        "the name a hidden key gave explicitly is echoed: it tells the caller nothing new"
+    )
+
 
 # --- credits ------------------------------------------------------------------------------------
 
