@@ -3,11 +3,13 @@
 #   make test   contract checks and the whole test suite, the storage tests on SQLite and on a
 #               throwaway PostgreSQL server (scripts/postgres installs Debian's package if missing)
 # Extra arguments for `switchyard up`: make up ARGS="--engine sim --http-port 8080"
+# Benchmarks: make bench (all of them) or make bench ARGS="gateway routing"
 
-.PHONY: up test install bench lint protos
+.PHONY: up test bench protos
 
+# `up` installs vLLM's CPU build, or the CUDA one where a GPU is visible (scripts/bootstrap auto).
 up:
-	scripts/bootstrap cpu
+	scripts/bootstrap auto
 	.venv/bin/switchyard up $(ARGS)
 
 test:

@@ -6,11 +6,12 @@
 State layer: each simulated request does what the router does around a generation: authenticate,
 admit (limits + a hold drawn from the key's credit lease), settle in the background as the router
 does (the charge is written with the next batch), record a log entry. Scenarios: a free model and a
-priced one, at concurrency 1 and 32, on the embedded SQLite (or --database). The baseline, measured in the same run, is the same loop with the
-accounting calls replaced by nothing but the one await a request handler makes anyway. The table
-gives requests/s, the accounting time per request (this scenario's time per request less the
-baseline's, times the concurrency), and "gateway load": the share of this layer's capacity that the
-gateway's own request rate (bench/results/gateway.json, same concurrency, when present) would use.
+priced one, at concurrency 1 and 32, on the embedded SQLite (or --database). The baseline, measured
+in the same run, is the same loop with the accounting calls replaced by nothing but the one await a
+request handler makes anyway. The table gives requests/s, the accounting time per request (this
+scenario's time per request less the baseline's, times the concurrency), and "gateway load": the
+share of this layer's capacity that the gateway's own request rate (bench/results/gateway.json, same
+concurrency, when present) would use.
 
 Gateway (issue 5's figure): two `switchyard up --engine sim` stacks (three processes each) run side
 by side, one with the router's accounting disabled (SWITCHYARD_ROUTER_ACCOUNTING__ENABLED=false: no

@@ -135,7 +135,7 @@ def build_services(args: argparse.Namespace, database_url: str) -> list[Service]
     from services.router.accounting.settings import DATABASE_URL_ENV
 
     model_id, engine = engine_env(args)
-    common = offline_env() | {"SWITCHYARD_LOG_LEVEL": args.log_level}
+    common = offline_env()
     engine_address = f"{args.host}:{args.engine_port}"
     router_address = f"{args.host}:{args.router_port}"
     router = {
