@@ -17,25 +17,29 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from services.router.dispatch import Dispatcher, Job, Outcome, bill_what_was_sent
+from services.router.features import RequestFeatures
 from switchyard.inference.v1 import inference_pb2
 from switchyard.router.v1 import router_service_pb2 as router_pb2
 
 
-def batch_jobs(job: Job, batch: Sequence[inference_pb2.GenerationInput]) -> list[Job]:
-    """One job per prompt of `batch`, each otherwise like `job`. Engines need request ids unique
-    among the requests they run, so prompt i runs as `<request id>-<i>`."""
+def batch_jobs(
+    job: Job, batch: Sequence[inference_pb2.GenerationInput], features: Sequence[RequestFeatures]
+) -> list[Job]:
+    """One job per prompt of `batch`, each otherwise like `job`, with its own prompt's `features`
+    (what prefix affinity hashes and what a cancelled prompt is billed at). Engines need request ids
+    unique among the requests they run, so prompt i runs as `<request id>-<i>`."""
     return [
         Job(
             request_id=f"{job.request_id}-{position}",
             generation=generation,
-            features=job.features,
+            features=prompt_features,
             plan=job.plan,
             customer=job.customer,
             reveal=job.reveal,
             time_remaining=job.time_remaining,
             named_model=job.named_model,
         )
-        for position, generation in enumerate(batch)
+        for position, (generation, prompt_features) in enumerate(zip(batch, features, strict=True))
     ]
 
 

@@ -136,21 +136,28 @@ class RouterServicer:
                     named_model=decision.selection.named,
                 )
                 if request.batch:
-                    batch = BatchRun(self._dispatcher, batch_jobs(job, request.batch))
+                    batch = BatchRun(self._dispatcher, batch_jobs(job, request.batch, decision.prompts))
                     events = batch.stream(outcome)
                 else:
                     events = self._dispatcher.stream(job, outcome)
             async for event in events:
                 yield event
         except BaseException as error:
-            if batch is not None:
-                await batch.close(outcome)
-            elif job is not None:
-                bill_what_was_sent(job, outcome)
-            metered.finish(outcome, error)
+            try:
+                if batch is not None:
+                    await batch.close(outcome)
+                elif job is not None:
+                    bill_what_was_sent(job, outcome)
+            finally:
+                # Whatever closing the batch did, the hold is settled and the request logged.
+                metered.finish(outcome, error)
             raise
         if batch is not None:
-            await batch.close(outcome)
+            try:
+                await batch.close(outcome)
+            except BaseException as error:
+                metered.finish(outcome, error)
+                raise
         cost = metered.finish(outcome)
 
         finished = router_pb2.GenerateFinished(usage=outcome.usage)
