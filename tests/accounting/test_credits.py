@@ -13,6 +13,7 @@ from services.common.errors import InsufficientQuotaError, InvalidApiKeyError, P
 from services.router.accounting import FREE, Charge, Prices, schema
 from services.router.accounting.credits import Charge as LedgerCharge
 from services.router.accounting.credits import CreditLedger
+from services.router.accounting.leases import LeaseBook
 from switchyard.inference.v1 import inference_pb2
 
 from .conftest import assert_exact_ledger, ledger_figures, new_key
@@ -320,4 +321,51 @@ async def test_requests_draw_from_one_lease_and_a_key_is_refused_only_past_balan
     await accounting.settled()
     figures = await ledger_figures(accounting.database, key_id)
     assert figures["balance"] == 1_500_000_000 - 3 * 120_000_000
+    assert_exact_ledger(figures)
+
+
+class GrantPausedAfterCommit(CreditLedger):
+    """A ledger whose next grant, once committed, waits for the test before its router sees it:
+    the widest window for a return of the same lease to commit after it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.committed = asyncio.Event()
+        self.resume = asyncio.Event()
+        self.resume.set()
+
+    def pause_next_grant(self) -> None:
+        self.committed.clear()
+        self.resume.clear()
+
+    async def take(self, *args, **kwargs) -> int:
+        taken = await super().take(*args, **kwargs)
+        self.committed.set()
+        await self.resume.wait()
+        return taken
+
+
+async def test_a_lease_being_grown_is_not_returned_meanwhile_so_its_credits_are_spent_once(accounting, clock):
+    key_id, secret = await new_key(accounting, credits=1.0)
+    ledger = GrantPausedAfterCommit(accounting.database, "router-b")
+    book = LeaseBook(ledger, lease_size=500_000_000, idle_seconds=2.0, clock=clock)
+    first = await book.draw(key_id, 300_000_000)  # a lease of 0.5
+    book.settle(first, key_id, 100_000_000, request_id="first", model="acme/model")
+    await book.write()  # the lease holds 0.4, no request runs on it: idle
+
+    ledger.pause_next_grant()
+    growing = asyncio.create_task(book.draw(key_id, 600_000_000))  # grows the lease by the last 0.5
+    await ledger.committed.wait()
+    await book.return_idle(at_once=True)  # must leave the growing lease alone
+    ledger.resume.set()
+    second = await growing
+
+    # The key's whole balance is in router-b's lease: no credit is left for this router to draw.
+    assert (await ledger_figures(accounting.database, key_id))["balance"] == 0
+    with pytest.raises(InsufficientQuotaError):
+        await admit(accounting, secret, prompt=100, max_out=200)  # may cost 0.5
+    book.settle(second, key_id, 600_000_000, request_id="second", model="acme/model")
+    await book.close()
+    figures = await ledger_figures(accounting.database, key_id)
+    assert figures["balance"] == 1_000_000_000 - 100_000_000 - 600_000_000
     assert_exact_ledger(figures)

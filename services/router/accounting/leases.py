@@ -18,6 +18,7 @@ leased by another router are out of reach until it returns them (idle after `idl
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -45,6 +46,9 @@ class Lease:
     held: int = 0
     # Charges settled here and not written yet.
     unwritten: int = 0
+    # Requests running on it, and its grant while one is in flight: a lease being grown must not be
+    # returned meanwhile, or the grant could commit first and the return hand its credits back to
+    # the balance while the requests still draw on them here.
     running: int = 0
     last_used: float = 0.0
 
@@ -71,13 +75,15 @@ class LeaseBook:
         self._idle_seconds = idle_seconds
         self._clock = clock
         self._leases: dict[str, Lease] = {}
-        # One grant at a time per key: the draws that wait for it then find the lease grown.
-        self._granting: dict[str, asyncio.Lock] = {}
+        # The grant in flight per key (one at a time): the draws that wait for it then find the lease
+        # grown. A grant outlives a cancelled caller, so that what it took is known here; its entry
+        # goes when it ends, so keys seen once leave nothing behind.
+        self._granting: dict[str, asyncio.Task[None]] = {}
         self._charges: list[Charge] = []
         # Writes and returns in order, so that a lease is never returned while its charges are written.
         self._writing = asyncio.Lock()
-        # Grants outlive a cancelled caller, so that what they took is known here.
-        self._grants: set[asyncio.Task] = set()
+        # Leases picked for returning whose return failed: out of use, returned with the next ones.
+        self._unreturned: list[Lease] = []
 
     async def draw(self, key_id: str, amount: int) -> Draw:
         """Holds `amount` nanocredits for a request; raises InsufficientQuotaError (the balance and
@@ -139,8 +145,8 @@ class LeaseBook:
                 lease.amount -= billed.get(lease.id, 0)
 
     async def return_idle(self, *, at_once: bool = False) -> None:
-        """Returns the leases that no request uses, have nothing left to write and (unless
-        `at_once`) have not been drawn from for idle_seconds."""
+        """Returns the leases that no request uses (nor a grant grows), have nothing left to write
+        and (unless `at_once`) have not been drawn from for idle_seconds."""
         async with self._writing:
             now = self._clock()
             idle = [
@@ -150,42 +156,52 @@ class LeaseBook:
                 and lease.unwritten == 0
                 and (at_once or now - lease.last_used >= self._idle_seconds)
             ]
-            if not idle:
-                return
             for lease in idle:
                 del self._leases[lease.key_id]
+            returning, self._unreturned = self._unreturned + idle, []
+            if not returning:
+                return
             try:
-                await self._ledger.return_leases([lease.id for lease in idle])
+                await self._ledger.return_leases([lease.id for lease in returning])
             except Exception:
-                logger.exception("could not return %d credit leases; retrying later", len(idle))
-                for lease in idle:
-                    self._leases.setdefault(lease.key_id, lease)
+                # Not put back in use: a draw meanwhile may have taken the key a new lease. Returning
+                # again is safe, as a lease's row is released at most once.
+                logger.exception("could not return %d credit leases; retrying later", len(returning))
+                self._unreturned.extend(returning)
 
     async def close(self) -> None:
         """Waits for grants in flight, writes every charge and returns the unused leases."""
-        while self._grants:
-            await asyncio.gather(*self._grants, return_exceptions=True)
+        while self._granting:
+            await asyncio.wait(list(self._granting.values()))
         await self.write()
         await self.return_idle(at_once=True)
 
     async def _grant(self, key_id: str, amount: int) -> Lease:
-        lock = self._granting.get(key_id)
-        if lock is None:
-            lock = self._granting[key_id] = asyncio.Lock()
-        async with lock:
-            while True:
-                lease = self._leases.get(key_id)
-                if lease is not None and lease.free >= amount:
-                    return lease
-                task = asyncio.create_task(self._take(key_id, lease, amount))
-                self._grants.add(task)
-                task.add_done_callback(self._grants.discard)
-                await asyncio.shield(task)
+        while True:
+            lease = self._leases.get(key_id)
+            if lease is not None and lease.free >= amount:
+                return lease
+            grant = self._granting.get(key_id)
+            if grant is not None:
+                # Another draw's grant: its refusal is not this draw's, so wait for it, then look again.
+                await asyncio.wait([grant])
+                continue
+            new = lease is None
+            if lease is None:
+                lease = Lease(str(uuid.uuid4()), key_id)
+            # Counted before the task starts, so that no return_idle in between can take the lease.
+            lease.running += 1
+            grant = asyncio.create_task(self._take(lease, amount, new=new))
+            self._granting[key_id] = grant
+            grant.add_done_callback(functools.partial(self._grant_ended, key_id))
+            await asyncio.shield(grant)
 
-    async def _take(self, key_id: str, lease: Lease | None, amount: int) -> None:
-        new = lease is None
-        if lease is None:
-            lease = Lease(str(uuid.uuid4()), key_id)
+    def _grant_ended(self, key_id: str, grant: asyncio.Task[None]) -> None:
+        if self._granting.get(key_id) is grant:
+            del self._granting[key_id]
+
+    async def _take(self, lease: Lease, amount: int, *, new: bool) -> None:
+        key_id = lease.key_id
         free = max(lease.free, 0)
         need = amount - free
         try:
@@ -204,5 +220,10 @@ class LeaseBook:
             if self._leases.get(key_id) is lease:
                 del self._leases[key_id]
             return
+        finally:
+            lease.running -= 1
         lease.amount += taken
-        self._leases[key_id] = lease
+        # Only a new lease is installed: a grown one never left (nothing returns a lease while it
+        # grows), and the key has no other, as its grants run one at a time.
+        if new:
+            self._leases[key_id] = lease
