@@ -168,7 +168,7 @@ class Dispatcher:
                 outcome.fallbacks_used.append(model.entry.id)
                 position += 1
                 if position == len(job.plan):
-                    raise self._exhausted(outcome, last_error)
+                    raise self._exhausted(outcome, last_error, reveal=job.reveal)
                 continue
             generation, carried = job.generation, 0
             if target is not None:
@@ -341,8 +341,11 @@ class Dispatcher:
             raise DeadlineExceededError("The request's deadline passed before an engine could serve it.")
 
     @staticmethod
-    def _exhausted(outcome: Outcome, last_error: RemoteError | None) -> NoHealthyReplicaError:
-        tried = ", ".join(outcome.fallbacks_used)
+    def _exhausted(
+        outcome: Outcome, last_error: RemoteError | None, *, reveal: bool
+    ) -> NoHealthyReplicaError:
+        # Which models were tried is the routing decision redaction hides; without it, only a count.
+        tried = ", ".join(outcome.fallbacks_used) if reveal else f"{len(outcome.fallbacks_used)} model(s)"
         detail = f"; last error: {last_error.code.name}" if last_error is not None else ""
         return NoHealthyReplicaError(
             f"No healthy replica could serve the request (models tried: {tried}){detail}.",

@@ -209,7 +209,12 @@ def select_models(
             eligible.append((resolved, cost))
 
     if not eligible:
-        details = "; ".join(f"{candidate.entry.id}: {candidate.excluded_reason}" for candidate in ineligible)
+        # Models the key may not use stay unnamed: /v1/models does not list them either.
+        details = "; ".join(
+            f"{candidate.entry.id}: {candidate.excluded_reason}"
+            for candidate in ineligible
+            if candidate.excluded_reason != NOT_ALLOWED
+        )
         raise NoEligibleModelError(
             f"No model can serve this request ({details or 'no models were offered'}).",
             metadata={"excluded": details},
