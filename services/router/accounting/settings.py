@@ -28,9 +28,10 @@ def default_database_url() -> str:
     SWITCHYARD_CACHE_DIR, which people delete freely; ./var/ is git-ignored and is where `make up`
     runs from.
     """
-    return (
-        os.environ.get(DATABASE_URL_ENV) or f"sqlite+aiosqlite:///{Path('var').resolve() / 'switchyard.db'}"
-    )
+    configured = os.environ.get(DATABASE_URL_ENV)
+    if configured:
+        return database_url_from(configured)
+    return f"sqlite+aiosqlite:///{Path('var').resolve() / 'switchyard.db'}"
 
 
 class AccountingSettings(BaseModel):
