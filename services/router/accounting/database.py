@@ -99,16 +99,22 @@ class Database:
                 # Rolled back whole: the writer thread runs it again once it gets the lock.
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        # Counted on the event loop only: a decrement on the writer thread could lose an update
+        # against the loop's increment and leave the count above zero, disabling the inline path.
+        # A cancelled caller stops counting its transaction early, which at worst runs one inline
+        # transaction beside it: the lock then sends that one to the thread too.
         self._queued += 1
-        return await asyncio.get_running_loop().run_in_executor(self._writer, self._write_sqlite, transaction)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._writer, self._write_sqlite, transaction
+            )
+        finally:
+            self._queued -= 1
 
     def _write_sqlite(self, transaction: Callable[[Connection], T]) -> T:
         assert self._sync_engine is not None
-        try:
-            with self._sync_engine.begin() as connection:
-                return transaction(connection)
-        finally:
-            self._queued -= 1
+        with self._sync_engine.begin() as connection:
+            return transaction(connection)
 
     def insert_ignoring_duplicates(self, table: Table) -> Insert:
         """INSERT ... ON CONFLICT DO NOTHING (a duplicate of a unique key inserts nothing), which
