@@ -9,7 +9,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from services.common.errors import InsufficientQuotaError, InvalidApiKeyError, PermissionDeniedError
+from services.common.errors import (
+    InsufficientQuotaError,
+    InvalidApiKeyError,
+    PermissionDeniedError,
+    RateLimitExceededError,
+)
 from services.router.accounting import FREE, Charge, Prices, schema
 from services.router.accounting.credits import Charge as LedgerCharge
 from services.router.accounting.credits import CreditLedger
@@ -114,15 +119,19 @@ async def test_settling_twice_bills_once(accounting):
 
 
 async def test_not_enough_credits_is_insufficient_quota_and_changes_nothing(accounting):
-    key_id, secret = await new_key(accounting, credits=0.4)
+    key_id, secret = await new_key(accounting, credits=0.4, max_concurrent_requests=1)
     with pytest.raises(InsufficientQuotaError) as refused:
         await admit(accounting, secret, prompt=100, max_out=200)  # may cost 0.5
     assert "0.5 credits" in refused.value.message
     figures = await ledger_figures(accounting.database, key_id)
     assert figures["balance"] == 400_000_000
     assert figures["reservations"] == 0
-    # The refused request did not count against the key's concurrency either.
-    assert (await admit(accounting, secret, prompt=100, max_out=100)) is not None
+    # The refused request did not take the key's one concurrent request: the next one is admitted,
+    # and only a second one while it runs is refused.
+    running = await admit(accounting, secret, prompt=100, max_out=100, request_id="running")
+    with pytest.raises(RateLimitExceededError):
+        await admit(accounting, secret, prompt=1, max_out=1, request_id="second")
+    await accounting.settle(running, usage(100, 10))
 
 
 async def test_a_key_revoked_elsewhere_cannot_reserve(accounting):
