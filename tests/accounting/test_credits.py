@@ -7,7 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from services.common.errors import (
     InsufficientQuotaError,
@@ -377,4 +377,45 @@ async def test_a_lease_being_grown_is_not_returned_meanwhile_so_its_credits_are_
     await book.close()
     figures = await ledger_figures(accounting.database, key_id)
     assert figures["balance"] == 1_000_000_000 - 100_000_000 - 600_000_000
+    assert_exact_ledger(figures)
+
+
+async def test_a_lease_held_by_a_long_request_is_refreshed_so_no_sweep_takes_it(accounting):
+    key_id, secret = await new_key(accounting, credits=1.0)
+    admission = await admit(accounting, secret)  # a long stream: nothing is charged meanwhile
+    long_ago = datetime.now(UTC) - timedelta(seconds=accounting.settings.reservation_max_age_seconds * 2)
+    async with accounting.database.engine.begin() as connection:
+        await connection.execute(update(schema.open_reservations).values(created_at=long_ago))
+
+    await accounting.refresh_leases()
+    another_router = CreditLedger(accounting.database, "another-router")
+    older_than = datetime.now(UTC) - timedelta(seconds=accounting.settings.reservation_max_age_seconds)
+    assert await another_router.release_abandoned(older_than=older_than, own=False) == 0
+
+    await accounting.settle(admission, usage(100, 50))
+    figures = await ledger_figures(accounting.database, key_id)
+    assert (figures["balance"], figures["releases"]) == (800_000_000, 2)
+    assert_exact_ledger(figures)
+
+
+async def test_a_lease_swept_meanwhile_is_not_drawn_from_after_a_refresh(accounting):
+    key_id, secret = await new_key(accounting, credits=1.0)
+    await accounting.settle(await admit(accounting, secret, max_out=10), usage(1, 1))
+    first = await admit(accounting, secret, max_out=10)
+    future = datetime.now(UTC) + timedelta(seconds=1)
+    assert (
+        await CreditLedger(accounting.database, "another-router").release_abandoned(
+            older_than=future, own=False
+        )
+        == 1
+    )
+    await accounting.refresh_leases()
+    # The next request takes a new lease backed by the balance, not the swept one's credits.
+    second = await admit(accounting, secret, max_out=10)
+    assert (await ledger_figures(accounting.database, key_id))["open_holds"] == 1
+    for admission in (first, second):
+        accounting.settle_in_background(admission, usage(100, 10))
+    await accounting.settled()
+    figures = await ledger_figures(accounting.database, key_id)
+    assert figures["balance"] == 1_000_000_000 - (1 * IN + 1 * OUT) - 2 * 120_000_000
     assert_exact_ledger(figures)

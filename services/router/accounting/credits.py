@@ -149,6 +149,15 @@ class CreditLedger:
         note = "released: lease returned"
         return await self._database.write(lambda connection: _release_where(connection, condition, note))
 
+    async def refresh_leases(self, lease_ids: Sequence[str]) -> set[str]:
+        """Marks the leases as in use now, so that no sweep takes them for abandoned; returns the
+        ids still open (the others were swept already)."""
+        statement = update(_open).where(_open.c.id.in_(lease_ids)).values(created_at=datetime.now(UTC))
+        rows = await self._database.write(
+            lambda connection: connection.execute(statement.returning(_open.c.id)).all()
+        )
+        return {row.id for row in rows}
+
     async def release_abandoned(self, *, older_than: datetime, own: bool) -> int:
         """Releases the leases no running router holds: other routers' older than `older_than`
         (a router refreshes its leases whenever it writes charges, and returns idle ones) and, with

@@ -137,6 +137,7 @@ class Accounting:
         self._background: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._charge_writer: asyncio.Task[None] | None = None
+        self._lease_refresher: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -155,10 +156,11 @@ class Accounting:
         self._log_writer.start()
         self._sweeper = asyncio.create_task(self._sweep_abandoned(), name="lease-sweeper")
         self._charge_writer = asyncio.create_task(self._write_charges(), name="charge-writer")
+        self._lease_refresher = asyncio.create_task(self._refresh_leases(), name="lease-refresher")
 
     async def close(self) -> None:
         """After the server has drained: finishes settlements, writes the log, closes the database."""
-        for task in (self._sweeper, self._charge_writer):
+        for task in (self._sweeper, self._charge_writer, self._lease_refresher):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -304,6 +306,21 @@ class Accounting:
                 await self._leases.return_idle()
             except Exception:
                 logger.exception("writing credit charges failed; retrying later")
+
+    async def refresh_leases(self) -> None:
+        """Marks this router's credit leases as in use now (see reservation_max_age_seconds)."""
+        await self._leases.refresh()
+
+    async def _refresh_leases(self) -> None:
+        """Refreshes the leases four times per reservation_max_age_seconds, so that a lease a long
+        stream holds is never swept while its router lives: a sweep then needs three refreshes in a
+        row to fail or a clock skew between routers of most of the max age."""
+        while True:
+            await asyncio.sleep(self.settings.reservation_max_age_seconds / 4)
+            try:
+                await self.refresh_leases()
+            except Exception:
+                logger.exception("refreshing credit leases failed; retrying later")
 
     async def _sweep_abandoned(self) -> None:
         while True:

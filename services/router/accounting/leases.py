@@ -169,6 +169,21 @@ class LeaseBook:
                 logger.exception("could not return %d credit leases; retrying later", len(returning))
                 self._unreturned.extend(returning)
 
+    async def refresh(self) -> None:
+        """Marks this router's leases as in use, so that other routers' sweeps leave them alone
+        however long a request runs on one (writing charges marks only the leases charged). A
+        lease found swept already is dropped: its requests' charges are billed from the balance."""
+        leases = list(self._leases.values())
+        if not leases:
+            return
+        still_open = await self._ledger.refresh_leases([lease.id for lease in leases])
+        for lease in leases:
+            if lease.id not in still_open and self._leases.get(lease.key_id) is lease:
+                logger.warning(
+                    "credit lease %s of key %s was released by another router", lease.id, lease.key_id
+                )
+                del self._leases[lease.key_id]
+
     async def close(self) -> None:
         """Waits for grants in flight, writes every charge and returns the unused leases."""
         while self._granting:

@@ -57,10 +57,13 @@ class AccountingSettings(BaseModel):
     # Names this router's credit leases, so that a restart releases the ones its previous run left
     # open. Must differ between routers sharing a database (a pod name, a host name).
     instance_name: str = Field(default_factory=socket.gethostname)
-    # A router releases other routers' leases not refreshed for this long (their router is gone):
-    # a router refreshes its leases whenever it writes their charges. Keep it above the edge's
-    # request timeout.
-    reservation_max_age_seconds: float = 3600.0
+    # A router releases other routers' leases not refreshed for this long (their router is gone).
+    # A live router refreshes every lease it holds a quarter of this often (and whenever it writes
+    # a lease's charges), however long the requests on it run, so this need not exceed the request
+    # timeout; keep it well above a few seconds of clock skew between the routers' hosts. Short,
+    # because a crashed router whose restart has a new instance_name (a Kubernetes Deployment's
+    # pod) never releases its own leases: its keys' credits stay out of reach this long.
+    reservation_max_age_seconds: float = Field(default=120.0, gt=0.0)
     # How often leases older than reservation_max_age_seconds are swept.
     reconcile_interval_seconds: float = 60.0
     # Credit leases (leases.py): a router takes up to this much of a key's balance at once (more if
