@@ -30,6 +30,8 @@ from services.router.accounting.credits import Charge, CreditLedger, LeaseLost
 
 logger = logging.getLogger(__name__)
 
+# switchyard_credit_charge_writes_failed_total, exposed on the router's metrics port
+# (SWITCHYARD_ROUTER_METRICS_PORT).
 CHARGES_NOT_WRITTEN = Counter(
     "switchyard_credit_charge_writes_failed",
     "Batches of charges the database refused; they are written again with the next batch.",

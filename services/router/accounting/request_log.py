@@ -5,7 +5,8 @@ database. A writer task takes entries in batches of up to `batch_size`, waiting 
 `max_linger` for a batch to fill, so a busy router writes a few large transactions instead of many
 small ones that would compete with credit reservations for the database. When the queue is full
 the entry is dropped: the request still completes, and the drop is counted
-(switchyard_request_log_dropped_total{reason="queue_full"}) and logged, never silent.
+(switchyard_request_log_dropped_total{reason="queue_full"}, exposed on the router's metrics port,
+SWITCHYARD_ROUTER_METRICS_PORT) and logged, never silent.
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ class RequestLogWriter:
             return
         logger.warning(
             "request log: dropped %d entries (queue of %d full or writer closed); the requests themselves "
-            "completed. See switchyard_request_log_dropped_total.",
+            "completed. See switchyard_request_log_dropped_total on the router's metrics port.",
             self._drops_unreported,
             self._queue.maxsize,
         )

@@ -80,7 +80,8 @@ class AccountingSettings(BaseModel):
     key_cache_seconds: float = 5.0
     key_cache_size: int = 10_000
     # The request log: entries wait in a bounded queue and are written in batches; a full queue
-    # drops entries (counted in switchyard_request_log_dropped_total, never silently).
+    # drops entries (counted in switchyard_request_log_dropped_total, exposed on the router's metrics
+    # port, SWITCHYARD_ROUTER_METRICS_PORT; never silently).
     log_queue_size: int = 10_000
     log_batch_size: int = 500
     # The longest an entry waits for its batch to fill before it is written anyway.
