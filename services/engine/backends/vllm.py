@@ -191,8 +191,10 @@ class VllmBackend:
         except GracefulHTTPError as error:
             # Admission control (max_num_queued_reqs / tokens, when configured): another replica.
             raise EngineUnavailableError(error.message) from error
-        except (VLLMClientError, ValueError, TypeError, OverflowError, jinja2.TemplateError) as error:
-            # Before the first output, these are vLLM (or the chat template) refusing the request.
+        except (VLLMClientError, ValueError, jinja2.TemplateError) as error:
+            # Before the first output, these are vLLM (SamplingParams and its input processing raise
+            # ValueError, as vLLM's own server answers 400 for) or the chat template refusing the
+            # request. Anything else is our bug or vLLM's and stays a generic INTERNAL.
             if outputs is not None:
                 await outputs.aclose()
             raise _invalid_request(error) from error
