@@ -28,4 +28,6 @@ async def until_disconnected(receive: Receive, work: Coroutine[Any, Any, T]) -> 
     finally:
         watching.cancel()
         working.cancel()  # no-op once finished
-    return working.result() if working.done() else None
+        # Let both finish their cleanup (the router call's cancel) before the response goes on.
+        await asyncio.gather(working, watching, return_exceptions=True)
+    return None if working.cancelled() else working.result()

@@ -58,9 +58,16 @@ async def parse_authenticated(
         raise (await _key_refusal(router, ctx) or refusal) from None
 
 
+# A key check is a lookup in the router's key cache (or one indexed query): it never needs the
+# request's own timeout, which may be minutes.
+KEY_CHECK_TIMEOUT_SECONDS = 5.0
+
+
 async def _key_refusal(router: RouterClient, ctx: RequestContext) -> ApiError | None:
     try:
-        await router.authenticate(metadata=ctx.metadata(), grpc_timeout=ctx.timeout)
+        await router.authenticate(
+            metadata=ctx.metadata(), grpc_timeout=min(ctx.timeout, KEY_CHECK_TIMEOUT_SECONDS)
+        )
     except ApiError as error:
         if error.status == 401:
             return error
