@@ -41,6 +41,7 @@ from services.router.accounting import (
 from services.router.billing import CostBound, charges, model_prices, plan_holds
 from services.router.decision import Decision
 from services.router.dispatch import Outcome, display_name
+from services.router.metrics import observe_request
 from services.router.redaction import REDACTED
 from services.router.registry import ResolvedModel
 from switchyard.inference.v1 import inference_pb2
@@ -253,6 +254,9 @@ class MeteredRequest:
         complete deterministic response in the cache and records the request log entry, all
         without waiting (the database writes run in the background). Returns the cost in credits.
         Call it once the request ended, however it ended."""
+        remaining = self._time_remaining()
+        status, _ = ended_with(error, deadline_passed=remaining is not None and remaining <= 0)
+        observe_request(outcome, status, self.received_at, time.perf_counter())
         accounting = self._accounting
         if accounting is None:
             return outcome.cost

@@ -8,6 +8,7 @@ import asyncio
 import logging
 
 from services.common.grpc_server import GrpcServer, install_shutdown_signals
+from services.common.metrics import MetricsServer
 from services.router.accounting import Accounting
 from services.router.accounting.service import SERVICE_NAME as ACCOUNTS_SERVICE_NAME
 from services.router.accounting.service import AccountsServicer
@@ -52,6 +53,7 @@ class RouterServer:
             )
         self.port = self._grpc.port
         self._registry_watch: asyncio.Task | None = None
+        self.metrics: MetricsServer | None = None
 
     async def start(self) -> None:
         if self.accounting is None:
@@ -65,6 +67,8 @@ class RouterServer:
         if self.settings.registry_poll_interval > 0:
             self._registry_watch = asyncio.create_task(self._watch_registry(), name="registry-watch")
         await self._grpc.start()
+        if self.settings.metrics_port is not None:
+            self.metrics = MetricsServer(self.settings.host, self.settings.metrics_port)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains the server, then settles what is left, writes the request log and closes the
@@ -76,6 +80,8 @@ class RouterServer:
         await self.pool.close()
         if self.accounting is not None:
             await self.accounting.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def reload_registry(self) -> bool:
         """Re-reads the registry file if it changed and brings the replicas in line; True if it did."""

@@ -109,7 +109,11 @@ class RouterSettings(BaseSettings):
     selection: SelectionSettings = SelectionSettings()
     retry: RetrySettings = RetrySettings()
     replicas: ReplicaSettings = ReplicaSettings()
+    # Streams may run for minutes: a rolling restart gives them this long to finish (keep it below
+    # the pod's terminationGracePeriodSeconds).
     drain_grace_seconds: float = Field(default=10.0, ge=0)
+    # Prometheus metrics at http://host:metrics_port/metrics; unset: not served.
+    metrics_port: int | None = None
     log_level: str = "INFO"
     log_json: bool = False
 
