@@ -24,7 +24,7 @@ class EdgeSettings(BaseSettings):
 
     # hide_input_in_errors: a key pasted into a retired setting must not reach the logs.
     model_config = SettingsConfigDict(
-        env_prefix="SWITCHYARD_EDGE_", env_nested_delimiter="__", extra="ignore", hide_input_in_errors=True
+        env_prefix="SWITCHYARD_EDGE_", env_nested_delimiter="__", extra="forbid", hide_input_in_errors=True
     )
 
     host: str = "127.0.0.1"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.router.accounting.settings import AccountingSettings
@@ -23,6 +23,8 @@ class SelectionSettings(BaseModel):
     model when none does). The preferences differ only in how much quality they ask for: `powerful`
     a lot even for easy requests, `efficient` little.
     """
+    model_config = ConfigDict(extra="forbid")
+
 
     balanced_base: float = Field(default=0.3, ge=0.0, le=1.0)
     balanced_per_difficulty: float = Field(default=0.6, ge=0.0, le=1.0)
@@ -48,6 +50,8 @@ class SelectionSettings(BaseModel):
 
 class RetrySettings(BaseModel):
     """Fallbacks and retries; every wait is also bounded by the request's deadline."""
+    model_config = ConfigDict(extra="forbid")
+
 
     # Engine calls per request, counting the first one and mid-stream resumptions.
     max_attempts: int = Field(default=4, ge=1)
@@ -61,6 +65,8 @@ class RetrySettings(BaseModel):
 
 class ReplicaSettings(BaseModel):
     """Replica choice among the engines that serve the chosen model."""
+    model_config = ConfigDict(extra="forbid")
+
 
     # prefix_affinity: the replica that last served the request's leading prompt blocks (or the
     # caller's session), unless it is busier than the least-loaded one by more than affinity_load_slack;
@@ -89,7 +95,7 @@ class ReplicaSettings(BaseModel):
 
 class RouterSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="SWITCHYARD_ROUTER_", env_nested_delimiter="__", extra="ignore"
+        env_prefix="SWITCHYARD_ROUTER_", env_nested_delimiter="__", extra="forbid"
     )
 
     host: str = "127.0.0.1"

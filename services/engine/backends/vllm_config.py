@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 # What the tiny local model needs when the settings leave it open: its chat template writes Hermes
 # tool calls, and on a CPU a small KV cache and eager mode keep startup to seconds.
@@ -18,6 +18,8 @@ _TINY_MODEL_DEFAULTS: dict[str, object] = {
 
 class VllmSettings(BaseModel):
     """Maps onto vLLM's AsyncEngineArgs; env: SWITCHYARD_ENGINE_VLLM__<FIELD> (nested delimiter __)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     # A local path or a model id already in the local Hugging Face cache. Empty: the tiny local
     # model that `switchyard up` builds on a machine without a GPU.
