@@ -62,7 +62,7 @@ class ServiceErrorInterceptor(grpc.aio.ServerInterceptor):
 
 @contextlib.asynccontextmanager
 async def _served(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
-    """One RPC's scope: typed errors become statuses, and one log line says how it ended."""
+    """One RPC's scope: typed errors become statuses, and a log line says how it ended."""
     started, code = time.perf_counter(), "OK"
     try:
         yield
@@ -76,7 +76,10 @@ async def _served(context: grpc.aio.ServicerContext, method: str) -> AsyncIterat
         code = getattr(getattr(error, "code", None), "name", None) or "ERROR"
         await _abort_for(context, method, error)
     finally:
-        logger.info("rpc %s %s %.1fms", method, code, (time.perf_counter() - started) * 1000)
+        # Services log each generation themselves (with its tokens); a routine OK here, such as a
+        # router's load poll every second, would only repeat or drown that.
+        level = logging.DEBUG if code == "OK" else logging.INFO
+        logger.log(level, "rpc %s %s %.1fms", method, code, (time.perf_counter() - started) * 1000)
 
 
 def _wrap_unary(behavior, method: str):
