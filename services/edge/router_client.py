@@ -17,12 +17,16 @@ Metadata = tuple[tuple[str, str], ...]
 
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
+# Several routers behind one DNS name (dns:///router:50051 on a headless Service) share the edge's
+# calls; gRPC's default, pick_first, would pin every edge to one router for the channel's lifetime.
+ROUTER_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin")]
+
 
 class RouterClient:
     """The router's calls with the edge's error mapping: failures surface as `ApiError`s."""
 
     def __init__(self, address: str) -> None:
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(address, options=ROUTER_CHANNEL_OPTIONS)
         self._stub = router_grpc.RouterServiceStub(self._channel)
         self._accounts = accounts_grpc.AccountsServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
