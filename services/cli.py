@@ -2,7 +2,7 @@
 
     switchyard up [--engine vllm|sim] [--model PATH_OR_ID] [--host 127.0.0.1] [--http-port 8000]
                   [--api-key KEY]
-    switchyard keys create|list|revoke|top-up ...   (when the accounting package is installed)
+    switchyard keys create|list|revoke|top-up ...   (the router's API keys and credits)
 
 `up` makes sure the API key exists in the router's database (the embedded SQLite file by default,
 the one `switchyard keys` uses) with ample credits, runs engine, router and edge as three processes on
@@ -287,15 +287,12 @@ def add_up_parser(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from services.router.accounting.cli import register as register_keys
+
     parser = argparse.ArgumentParser(prog="switchyard", description=__doc__.split("\n\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_up_parser(subparsers)
-    try:
-        from services.router.accounting.cli import register as register_keys
-    except ImportError:
-        pass
-    else:
-        register_keys(subparsers)
+    register_keys(subparsers)
     args = parser.parse_args(argv)
     return args.func(args) or 0
 
