@@ -1,7 +1,8 @@
 """OpenAI error objects: every error the edge answers is {"error": {"message", "type", "param", "code"}}.
 
 `code` is a string (the google.rpc.ErrorInfo reason, lower-cased, e.g. "model_not_found") or null,
-never an integer. Statuses follow STYLE.md's table (google/rpc/code.proto's HTTP mapping). Missing
+never an integer; a plain invalid value (reason INVALID_REQUEST) is null, as the edge's own
+validation errors are. Statuses follow STYLE.md's table (google/rpc/code.proto's HTTP mapping). Missing
 or wrong API keys answer 401 with type "authentication_error" (STYLE.md's table, so that a key the
 edge refuses and a key the router refuses look alike) and code "invalid_api_key" (what OpenAI sends).
 
@@ -27,6 +28,10 @@ from services.common.errors import RemoteError
 from services.edge.protocol import InvalidParameter, error_param
 
 INTERNAL_MESSAGE = "The server had an error while processing your request."
+
+# Reasons whose OpenAI `code` is not their lower-cased name. A plain invalid value is code null
+# whoever refused it (the edge's own validation or the engine's), as OpenAI answers it.
+_CODES = {"INVALID_REQUEST": None}
 
 # gRPC code -> (HTTP status, OpenAI error type, message for errors whose own message is not for callers).
 _BY_CODE: dict[grpc.StatusCode, tuple[int, str, str]] = {
@@ -105,7 +110,9 @@ def from_remote(error: RemoteError) -> ApiError:
     # Typed service errors carry an ErrorInfo reason and messages written for callers. Anything else
     # (a transport failure, a crash) may hold addresses or internals, so the caller gets a generic line.
     message = error.message if error.reason and status != 500 else generic_message
-    code = error.reason.lower() or ("timeout" if error.code == grpc.StatusCode.DEADLINE_EXCEEDED else None)
+    code = _CODES.get(error.reason, error.reason.lower()) or (
+        "timeout" if error.code == grpc.StatusCode.DEADLINE_EXCEEDED else None
+    )
     headers = None
     if status == 429:
         error_type, headers = _too_many_requests(error)

@@ -65,6 +65,15 @@ def test_param_and_retry_after_come_from_error_info_metadata():
     assert api_error.param == "temperature"
 
 
+def test_an_invalid_value_the_engine_refused_has_code_null_like_the_edges_own_refusals():
+    api_error = from_remote(
+        RemoteError(grpc.StatusCode.INVALID_ARGUMENT, "top_k: -2", "INVALID_REQUEST", {"param": "top_k"})
+    )
+    assert (api_error.status, api_error.type, api_error.code, api_error.param) == (
+        400, "invalid_request_error", None, "top_k",
+    )
+
+
 def test_out_of_credits_is_insufficient_quota_as_openai_sends_it_and_not_worth_retrying():
     api_error = from_remote(
         RemoteError(grpc.StatusCode.RESOURCE_EXHAUSTED, "Top up the key.", "INSUFFICIENT_QUOTA")
