@@ -276,6 +276,15 @@ class TextPart(WireModel):
     text: str
 
 
+class RefusalPart(WireModel):
+    """An assistant's earlier refusal, replayed in the conversation. It reaches the model as the
+    assistant's text (what vLLM does): chat templates know no refusal, and dropping it would
+    change what the model was told it said."""
+
+    type: Literal["refusal"]
+    refusal: str
+
+
 class ImageUrl(WireModel):
     url: str
     detail: Literal["auto", "low", "high"] | None = None
@@ -287,11 +296,13 @@ class ImagePart(WireModel):
 
 
 ContentPart = Annotated[
-    Annotated[TextPart, Tag("<text>")] | Annotated[ImagePart, Tag("<image_url>")],
+    Annotated[TextPart, Tag("<text>")]
+    | Annotated[ImagePart, Tag("<image_url>")]
+    | Annotated[RefusalPart, Tag("<refusal>")],
     Discriminator(
         _type_tag,
         custom_error_type="unsupported_content_part",
-        custom_error_message="content parts must have type 'text' or 'image_url'",
+        custom_error_message="content parts must have type 'text', 'image_url' or 'refusal'",
     ),
 ]
 
@@ -330,18 +341,18 @@ class ChatMessage(WireModel):
         role = info.data.get("role")
         if content is None and role in ("system", "developer", "user", "tool"):
             raise PydanticCustomError("missing_content", "{role} messages need content", {"role": role})
-        if isinstance(content, list) and role != "user" and any(isinstance(p, ImagePart) for p in content):
-            raise PydanticCustomError("invalid_content", "only user messages may contain images")
+        if isinstance(content, list):
+            if role != "user" and any(isinstance(part, ImagePart) for part in content):
+                raise PydanticCustomError("invalid_content", "only user messages may contain images")
+            if role != "assistant" and any(isinstance(part, RefusalPart) for part in content):
+                raise PydanticCustomError("invalid_content", "only assistant messages may contain refusals")
         return content
 
     @field_validator("tool_calls")
     @classmethod
     def _tool_calls_are_the_assistants(cls, calls: list | None, info: ValidationInfo) -> list | None:
-        role = info.data.get("role")
-        if calls and role != "assistant":
+        if calls and info.data.get("role") != "assistant":
             raise PydanticCustomError("invalid_tool_calls", "only assistant messages carry tool_calls")
-        if role == "assistant" and not calls and "content" in info.data and info.data["content"] is None:
-            raise PydanticCustomError("missing_content", "assistant messages need content or tool_calls")
         return calls
 
     @field_validator("tool_call_id")
@@ -440,6 +451,7 @@ class ChatCompletionRequest(GenerationRequest):
     @model_validator(mode="after")
     def _check_rules(self) -> ChatCompletionRequest:
         self._check_shared_rules(self.output_limit)
+        self._check_conversation()
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidParameter("top_logprobs requires logprobs to be true.", "top_logprobs")
         choice = self.tool_choice
@@ -453,3 +465,30 @@ class ChatCompletionRequest(GenerationRequest):
                 "tool_choice",
             )
         return self
+
+    def _check_conversation(self) -> None:
+        """The rules that span messages, in one pass over them (OpenAI's wording where it has one)."""
+        call_ids: set[str] = set()
+        for index, message in enumerate(self.messages):
+            if message.role == "assistant":
+                if message.tool_calls:
+                    call_ids.update(call.id for call in message.tool_calls)
+                elif message.content is None:
+                    param = f"messages[{index}].content"
+                    raise InvalidParameter(
+                        f"Invalid value for '{param}': assistant messages need content or tool_calls.", param
+                    )
+            elif message.role == "tool" and message.tool_call_id not in call_ids:
+                param = f"messages[{index}].tool_call_id"
+                if not call_ids:
+                    # OpenAI's message word for word, its spelling included: clients match on it.
+                    raise InvalidParameter(
+                        "Invalid parameter: messages with role 'tool' must be a response to a preceeding "
+                        "message with 'tool_calls'.",
+                        param,
+                    )
+                raise InvalidParameter(
+                    f"Invalid parameter: 'tool_call_id' of '{message.tool_call_id}' not found in "
+                    "'tool_calls' of previous message.",
+                    param,
+                )

@@ -23,6 +23,7 @@ from services.edge.protocol import (
     ImagePart,
     JsonObjectFormat,
     JsonSchemaFormat,
+    RefusalPart,
     ResponseFormat,
     TextPart,
 )
@@ -140,9 +141,11 @@ def completion_generate_request(request: CompletionRequest, request_id: str) -> 
     return message
 
 
-def _content_part(part: TextPart | ImagePart) -> inference.ContentPart:
+def _content_part(part: TextPart | ImagePart | RefusalPart) -> inference.ContentPart:
     if isinstance(part, TextPart):
         return inference.ContentPart(text=part.text)
+    if isinstance(part, RefusalPart):
+        return inference.ContentPart(text=part.refusal)  # see RefusalPart
     return inference.ContentPart(
         image_url=inference.ImageUrl(url=part.image_url.url, detail=part.image_url.detail)
     )

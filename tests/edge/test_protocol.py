@@ -158,7 +158,8 @@ def test_completion_parameters_out_of_range_are_refused(body, param):
         ({"messages": [{"role": "function", "content": "x"}]}, "messages[0].role"),
         ({"messages": [{"role": "user"}]}, "messages[0].content"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
-        ({"messages": [{"role": "assistant", "content": None}]}, "messages[0].tool_calls"),
+        ({"messages": [*USER, {"role": "assistant", "content": None}]}, "messages[1].content"),
+        ({"messages": [*USER, {"role": "assistant"}]}, "messages[1].content"),
         ({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}, "messages[0].content[0]"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
@@ -179,6 +180,50 @@ def test_completion_parameters_out_of_range_are_refused(body, param):
 )
 def test_chat_parameters_out_of_range_are_refused(body, param):
     assert refusal(chat, **body).param == param
+
+
+def _assistant_calling(*call_ids: str) -> dict:
+    calls = [{"id": i, "type": "function", "function": {"name": "look", "arguments": "{}"}} for i in call_ids]
+    return {"role": "assistant", "content": None, "tool_calls": calls}
+
+
+def test_a_tool_message_without_an_earlier_tool_call_is_refused_as_openai_refuses_it():
+    messages = [*USER, {"role": "tool", "tool_call_id": "call_1", "content": "a cat"}]
+    error = refusal(chat, messages=messages)
+    assert error.param == "messages[1].tool_call_id"
+    assert "must be a response to a preceeding message with 'tool_calls'" in error.message
+
+
+def test_a_tool_message_must_answer_a_call_the_assistant_made():
+    messages = [
+        *USER,
+        _assistant_calling("call_1", "call_2"),
+        {"role": "tool", "tool_call_id": "call_2", "content": "a cat"},
+        {"role": "tool", "tool_call_id": "call_9", "content": "a dog"},
+    ]
+    error = refusal(chat, messages=messages)
+    assert error.param == "messages[3].tool_call_id" and "'call_9' not found" in error.message
+
+
+def test_a_tool_message_may_answer_a_call_from_an_earlier_turn():
+    messages = [
+        *USER,
+        _assistant_calling("call_1"),
+        {"role": "assistant", "content": "let me look"},
+        {"role": "tool", "tool_call_id": "call_1", "content": "a cat"},
+    ]
+    assert chat(messages=messages).messages[3].tool_call_id == "call_1"
+
+
+def test_assistant_refusal_parts_are_accepted():
+    refused = {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}]}
+    request = chat(messages=[*USER, refused, *USER])
+    assert request.messages[1].content[0].refusal == "I can't help with that."
+
+
+def test_refusal_parts_belong_to_assistant_messages_only():
+    messages = [{"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}]
+    assert refusal(chat, messages=messages).param == "messages[0].content"
 
 
 def test_a_tool_choice_must_name_one_of_the_tools():

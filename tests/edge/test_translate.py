@@ -119,6 +119,18 @@ def test_openai_user_names_the_customer_when_customer_identifier_is_absent():
     assert request.customer_identifier == "u-1"
 
 
+def test_an_assistant_refusal_reaches_the_model_as_the_assistants_text():
+    refused = {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}]}
+    request = translate.chat_generate_request(
+        chat(messages=[{"role": "user", "content": "hi"}, refused]), "req-3"
+    )
+    assistant = request.input.chat.messages[1]
+    assert (assistant.role, [part.text for part in assistant.parts]) == (
+        "assistant",
+        ["I can't help with that."],
+    )
+
+
 def test_chat_messages_tools_and_formats_reach_the_router():
     request = translate.chat_generate_request(
         chat(
