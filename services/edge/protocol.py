@@ -335,6 +335,19 @@ class ChatMessage(WireModel):
     tool_calls: list[AssistantToolCall] | None = Field(default=None, validate_default=True)
     tool_call_id: str | None = Field(default=None, validate_default=True)
 
+    @field_validator("role", mode="before")
+    @classmethod
+    def _no_legacy_function_role(cls, role: Any) -> Any:
+        # Not mapped to a tool message: a 'function' message names the function, not the call it
+        # answers, so with two calls of one function the tool_call_id would be a guess.
+        if role == "function":
+            raise PydanticCustomError(
+                "unsupported_role",
+                "messages with role 'function' are deprecated and not supported; send each result as a "
+                "'tool' message with the tool_call_id it answers",
+            )
+        return role
+
     @field_validator("content")
     @classmethod
     def _content_fits_role(cls, content: str | list | None, info: ValidationInfo) -> str | list | None:
@@ -398,6 +411,17 @@ ToolChoice = Annotated[
 ]
 
 
+# The deprecated `function_call` request field: what `tool_choice` says today, in its older form.
+FunctionCallChoice = Annotated[
+    Annotated[Literal["none", "auto"], Tag("<string>")] | Annotated[FunctionName, Tag("<object>")],
+    Discriminator(
+        _json_kind,
+        custom_error_type="invalid_function_call",
+        custom_error_message="function_call must be 'none', 'auto' or {\"name\": ...}",
+    ),
+]
+
+
 class TextFormat(WireModel):
     type: Literal["text"]
 
@@ -439,6 +463,11 @@ class ChatCompletionRequest(GenerationRequest):
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[ChatTool] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: ToolChoice | None = None
+    # Deprecated by OpenAI but still in its spec and served: they become tools / tool_choice (see
+    # _adopt_legacy_functions). vLLM ignores them. Answers always use `tool_calls`; the legacy
+    # `message.function_call` response field is not produced.
+    functions: list[FunctionDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
+    function_call: FunctionCallChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     # Extra keyword arguments for the model's chat template (e.g. enable_thinking).
@@ -454,17 +483,37 @@ class ChatCompletionRequest(GenerationRequest):
         self._check_conversation()
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidParameter("top_logprobs requires logprobs to be true.", "top_logprobs")
+        choice_param = self._adopt_legacy_functions()
         choice = self.tool_choice
         if choice is not None and choice != "none" and not self.tools:
-            raise InvalidParameter("tool_choice is only allowed when tools are given.", "tool_choice")
+            raise InvalidParameter(f"{choice_param} is only allowed when tools are given.", choice_param)
         if isinstance(choice, NamedToolChoice) and choice.function.name not in {
             tool.function.name for tool in self.tools or ()
         }:
             raise InvalidParameter(
-                f"tool_choice names the function '{choice.function.name}', which is not among the tools.",
-                "tool_choice",
+                f"{choice_param} names the function '{choice.function.name}', which is not among the tools.",
+                choice_param,
             )
         return self
+
+    def _adopt_legacy_functions(self) -> str:
+        """Moves `functions` / `function_call` into `tools` / `tool_choice`, refusing a request that
+        gives both forms. Returns the name the caller used for the tool choice, for error params."""
+        if self.functions is not None:
+            if self.tools is not None:
+                raise InvalidParameter("functions cannot be combined with tools; use tools.", "functions")
+            self.tools = [ChatTool(type="function", function=function) for function in self.functions]
+            self.functions = None
+        if self.function_call is None:
+            return "tool_choice"
+        if self.tool_choice is not None:
+            raise InvalidParameter(
+                "function_call cannot be combined with tool_choice; use tool_choice only.", "function_call"
+            )
+        call = self.function_call
+        self.tool_choice = call if isinstance(call, str) else NamedToolChoice(type="function", function=call)
+        self.function_call = None
+        return "function_call"
 
     def _check_conversation(self) -> None:
         """The rules that span messages, in one pass over them (OpenAI's wording where it has one)."""

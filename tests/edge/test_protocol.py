@@ -43,6 +43,8 @@ def test_completions_default_to_16_tokens_and_one_choice():
         (["one", "two"], ["one", "two"]),
         ([1, 2, 3], [[1, 2, 3]]),
         ([[1, 2], [3]], [[1, 2], [3]]),
+        ("", [""]),
+        (["a", ""], ["a", ""]),
     ],
 )
 def test_every_prompt_shape_of_the_spec_is_accepted(prompt, prompts):
@@ -143,6 +145,7 @@ def test_named_tool_choice_and_json_schema_format_are_accepted():
         ({"timeout": 0}, "timeout"),
         ({"prompt": []}, "prompt"),
         ({"prompt": ["one", 2]}, "prompt[1]"),
+        ({"prompt": ["one", "two", None]}, "prompt[2]"),
         ({"prompt": [[1, 2], []]}, "prompt[1]"),
         ({"prompt": {"text": "hi"}}, "prompt"),
     ],
@@ -224,6 +227,37 @@ def test_assistant_refusal_parts_are_accepted():
 def test_refusal_parts_belong_to_assistant_messages_only():
     messages = [{"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}]
     assert refusal(chat, messages=messages).param == "messages[0].content"
+
+
+LOOK = {"name": "look", "parameters": {"type": "object"}}
+
+
+def test_legacy_functions_and_function_call_become_tools_and_tool_choice():
+    request = chat(functions=[LOOK], function_call={"name": "look"})
+    assert [(tool.type, tool.function.name) for tool in request.tools] == [("function", "look")]
+    assert isinstance(request.tool_choice, NamedToolChoice) and request.tool_choice.function.name == "look"
+    assert chat(functions=[LOOK], function_call="none").tool_choice == "none"
+    assert chat(functions=[LOOK]).tool_choice is None
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"functions": [LOOK], "tools": [{"type": "function", "function": LOOK}]}, "functions"),
+        ({"function_call": "auto"}, "function_call"),
+        ({"functions": [LOOK], "function_call": {"name": "jump"}}, "function_call"),
+        ({"functions": [LOOK], "function_call": "required"}, "function_call"),
+        ({"functions": [LOOK], "function_call": "auto", "tool_choice": "auto"}, "function_call"),
+        ({"functions": [{"name": "bad name"}]}, "functions[0].name"),
+    ],
+)
+def test_legacy_functions_are_refused_where_tools_would_be(body, param):
+    assert refusal(chat, **body).param == param
+
+
+def test_function_role_messages_are_refused_with_what_to_send_instead():
+    error = refusal(chat, messages=[{"role": "function", "name": "look", "content": "a cat"}])
+    assert error.param == "messages[0].role" and "'tool' message with the tool_call_id" in error.message
 
 
 def test_a_tool_choice_must_name_one_of_the_tools():

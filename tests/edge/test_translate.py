@@ -131,6 +131,15 @@ def test_an_assistant_refusal_reaches_the_model_as_the_assistants_text():
     )
 
 
+def test_legacy_functions_reach_the_router_as_tools():
+    request = translate.chat_generate_request(
+        chat(functions=[{"name": "look", "description": "looks"}], function_call={"name": "look"}), "req-4"
+    )
+    chat_input = request.input.chat
+    assert [(tool.name, tool.description) for tool in chat_input.tools] == [("look", "looks")]
+    assert chat_input.tool_choice == "look"
+
+
 def test_chat_messages_tools_and_formats_reach_the_router():
     request = translate.chat_generate_request(
         chat(
