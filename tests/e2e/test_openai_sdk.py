@@ -450,3 +450,42 @@ async def test_timeout_while_streaming_is_an_error_event(suite: Suite):
     assert "error" in chunks[-1]
     assert_matches("ErrorResponse", chunks[-1])
     assert await suite.wait_until_idle(suite.slow_engine) == 0
+
+
+async def test_legacy_functions_are_answered_with_tool_calls(suite: Suite):
+    completion = await suite.client().chat.completions.create(
+        model=FAST_MODEL,
+        messages=[{"role": "user", "content": "Weather in Oslo?"}],
+        functions=[{"name": "get_weather", "parameters": {"type": "object"}}],
+        function_call={"name": "get_weather"},
+    )
+    assert_matches("CreateChatCompletionResponse", completion.model_dump(mode="json", exclude_unset=True))
+    message = completion.choices[0].message
+    assert message.tool_calls[0].function.name == "get_weather"
+    assert message.function_call is None, "the legacy response field is not produced"
+
+
+async def test_a_replayed_refusal_and_tool_round_trip_are_accepted(suite: Suite):
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    completion = await suite.client().chat.completions.create(
+        model=FAST_MODEL,
+        messages=[
+            {"role": "user", "content": "Insult me."},
+            {"role": "assistant", "content": [{"type": "refusal", "refusal": "I won't."}]},
+            {"role": "user", "content": "Weather in Oslo, then?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        ],
+    )
+    assert completion.choices[0].message.content
+
+
+async def test_a_tool_message_answering_no_call_is_400_naming_it(suite: Suite):
+    with pytest.raises(openai.BadRequestError) as caught:
+        await suite.client().chat.completions.create(
+            model=FAST_MODEL,
+            messages=[*CHAT, {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}],
+        )
+    error = caught.value.response.json()
+    assert_matches("ErrorResponse", error)
+    assert error["error"]["param"] == "messages[2].tool_call_id"

@@ -70,7 +70,10 @@ def test_an_invalid_value_the_engine_refused_has_code_null_like_the_edges_own_re
         RemoteError(grpc.StatusCode.INVALID_ARGUMENT, "top_k: -2", "INVALID_REQUEST", {"param": "top_k"})
     )
     assert (api_error.status, api_error.type, api_error.code, api_error.param) == (
-        400, "invalid_request_error", None, "top_k",
+        400,
+        "invalid_request_error",
+        None,
+        "top_k",
     )
 
 
