@@ -410,7 +410,7 @@ async def test_unknown_model_is_404_model_not_found(suite: Suite):
 async def test_prompt_too_long_is_400_context_length_exceeded(suite: Suite):
     with pytest.raises(openai.BadRequestError) as caught:
         await suite.client().completions.create(model=FAST_MODEL, prompt="word " * 5000, max_tokens=4)
-    assert caught.value.response.json()["error"]["code"] in ("context_length_exceeded", "no_eligible_model")
+    assert caught.value.response.json()["error"]["code"] == "context_length_exceeded"
 
 
 # --- cancellation -------------------------------------------------------------------------------
@@ -489,3 +489,11 @@ async def test_a_tool_message_answering_no_call_is_400_naming_it(suite: Suite):
     error = caught.value.response.json()
     assert_matches("ErrorResponse", error)
     assert error["error"]["param"] == "messages[2].tool_call_id"
+
+
+async def test_an_empty_prompt_is_continued_from_nothing(suite: Suite):
+    completion = await suite.client().completions.create(
+        model=FAST_MODEL, prompt=["", "Once"], max_tokens=3, extra_body={"ignore_eos": True}
+    )
+    assert [choice.index for choice in completion.choices] == [0, 1]
+    assert all(choice.text for choice in completion.choices)

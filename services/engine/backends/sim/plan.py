@@ -70,7 +70,9 @@ def plan_generation(
     else:
         raise InvalidRequestError("The request has no prompt or messages.", param="input")
     what = "messages" if kind == "chat" else "prompt"
-    if not prompt.token_ids:
+    # An empty text prompt is valid (OpenAI continues from nothing, as a real model does from its
+    # BOS token); empty token lists and chats are not.
+    if not prompt.token_ids and kind != "prompt":
         raise InvalidRequestError(f"The {what} is empty.", param=what)
     max_tokens = _check_context(
         len(prompt.token_ids), generation_input.sampling, settings.max_model_len, what
