@@ -94,26 +94,24 @@ def engine_env(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
 
     env["SWITCHYARD_ENGINE_BACKEND"] = "vllm"
     if args.model:
-        model_path = args.model
         model_id = args.served_model_name or args.model.rstrip("/")
         if "/" not in model_id or Path(model_id).exists():
             model_id = f"local/{Path(model_id).name}"
+        env["SWITCHYARD_ENGINE_VLLM__MODEL"] = args.model
     else:
+        # No model: the engine serves the tiny local model, built once under the cache folder,
+        # with its own settings (hermes tool parser, a small KV cache; vllm_config.py).
         from services.engine.tiny_model import ensure_tiny_model
 
         print("building the tiny local model (once; cached under .cache/models) ...", flush=True)
-        model_path = str(ensure_tiny_model(cache_dir() / "models" / "tiny-llama"))
+        ensure_tiny_model()
         model_id = args.served_model_name or TINY_MODEL_ID
-        env["SWITCHYARD_ENGINE_VLLM__TOOL_CALL_PARSER"] = "hermes"
-    env |= {"SWITCHYARD_ENGINE_VLLM__MODEL": model_path, "SWITCHYARD_ENGINE_SERVED_MODEL_NAME": model_id}
+    env["SWITCHYARD_ENGINE_SERVED_MODEL_NAME"] = model_id
+    if args.kv_cache_mib is not None:
+        env["SWITCHYARD_ENGINE_VLLM__KV_CACHE_MEMORY_BYTES"] = str(args.kv_cache_mib * 1024 * 1024)
     if not has_gpu():
-        # vLLM's CPU build: no CUDA graphs or compilation, a bounded KV cache, one process.
-        env |= {
-            "SWITCHYARD_ENGINE_VLLM__ENFORCE_EAGER": "true",
-            "SWITCHYARD_ENGINE_VLLM__KV_CACHE_MEMORY_BYTES": str(args.kv_cache_mib * 1024 * 1024),
-            "TORCHDYNAMO_DISABLE": "1",
-            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        }
+        # vLLM's CPU build: no CUDA graphs, no torch.compile (minutes of start-up for no gain here).
+        env |= {"SWITCHYARD_ENGINE_VLLM__ENFORCE_EAGER": "true", "TORCHDYNAMO_DISABLE": "1"}
     return model_id, env
 
 
@@ -279,7 +277,7 @@ def add_up_parser(subparsers) -> None:
                     "as `switchyard keys`)")
     up.add_argument("--reveal-model-names", action="store_true",
                     help="name the real model in responses instead of 'redacted'")
-    up.add_argument("--kv-cache-mib", type=int, default=256, help="KV cache size on CPU (vllm engine)")
+    up.add_argument("--kv-cache-mib", type=int, help="KV cache size of the vllm engine (default: vLLM's)")
     up.add_argument("--startup-timeout", type=float, default=600.0)
     up.add_argument("--log-level", default="INFO")
     up.add_argument("--log-dir", help="write each service's log to DIR/<service>.log instead of the terminal")
