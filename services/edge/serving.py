@@ -4,8 +4,8 @@ an event stream the OpenAI way whatever happens."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -97,6 +97,31 @@ def total_usage(generation: Generation, request_id: str) -> inference.Usage:
     if generation.usage is None:
         raise incomplete(request_id)
     return generation.usage
+
+
+class ChoiceBuilder(Protocol):
+    """translate.CompletionChoiceBuilder or translate.ChatChoiceBuilder."""
+
+    finish_reason: str | None
+
+    def add(self, delta: inference.TokenDelta) -> None: ...
+
+
+async def collect_choices(
+    generation: Generation, choices: Sequence[ChoiceBuilder], ctx: RequestContext
+) -> inference.Usage:
+    """A non-streamed answer: every delta fed to its choice's builder; returns the usage once every
+    choice finished (a 500 if the router's stream broke its contract)."""
+    try:
+        async for delta in generation.deltas():
+            choices[delta.index].add(delta)
+    finally:
+        generation.cancel()
+    if any(choice.finish_reason is None for choice in choices):
+        raise incomplete(ctx.request_id)
+    usage = total_usage(generation, ctx.request_id)
+    ctx.access.record_usage(usage)
+    return usage
 
 
 async def event_stream(

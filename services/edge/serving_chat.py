@@ -21,8 +21,8 @@ from services.edge.generation import Generation
 from services.edge.protocol import ChatCompletionRequest
 from services.edge.router_client import RouterClient
 from services.edge.serving import (
+    collect_choices,
     event_stream,
-    incomplete,
     json_response,
     parse_authenticated,
     total_usage,
@@ -61,15 +61,7 @@ class ChatServing:
         choices = [
             translate.ChatChoiceBuilder(index, logprobs=request.logprobs) for index in range(request.n)
         ]
-        try:
-            async for delta in generation.deltas():
-                choices[delta.index].add(delta)
-        finally:
-            generation.cancel()
-        if any(choice.finish_reason is None for choice in choices):
-            raise incomplete(ctx.request_id)
-        usage = total_usage(generation, ctx.request_id)
-        ctx.access.record_usage(usage)
+        usage = await collect_choices(generation, choices, ctx)
         built = [choice.build() for choice in choices]
         response = {
             "id": response_id,

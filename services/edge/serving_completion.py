@@ -19,8 +19,8 @@ from services.edge.generation import Generation
 from services.edge.protocol import CompletionRequest
 from services.edge.router_client import RouterClient
 from services.edge.serving import (
+    collect_choices,
     event_stream,
-    incomplete,
     json_response,
     parse_authenticated,
     total_usage,
@@ -59,15 +59,7 @@ class CompletionServing:
             translate.CompletionChoiceBuilder(index, logprobs=request.logprobs is not None)
             for index in range(request.n * len(request.prompts()))
         ]
-        try:
-            async for delta in generation.deltas():
-                choices[delta.index].add(delta)
-        finally:
-            generation.cancel()
-        if any(choice.finish_reason is None for choice in choices):
-            raise incomplete(ctx.request_id)
-        usage = total_usage(generation, ctx.request_id)
-        ctx.access.record_usage(usage)
+        usage = await collect_choices(generation, choices, ctx)
         response = {
             "id": response_id,
             "object": "text_completion",
