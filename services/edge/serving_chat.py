@@ -33,6 +33,17 @@ from services.edge.sse import ChunkEncoder, EventStreamResponse
 _FINISH_REASONS = translate.FINISH_REASONS
 
 
+def forces_a_function(request: ChatCompletionRequest) -> bool:
+    """tool_choice names a function (or legacy function_call did)."""
+    return request.tool_choice is not None and not isinstance(request.tool_choice, str)
+
+
+def _named_call_finish(reason: str | None) -> str | None:
+    """OpenAI ends a choice whose function tool_choice forced with "stop", not "tool_calls" (while
+    "required" and "auto" calls end with "tool_calls"), streamed or not; clients branch on it."""
+    return "stop" if reason == "tool_calls" else reason
+
+
 class ChatServing:
     def __init__(self, router: RouterClient) -> None:
         self._router = router
@@ -63,6 +74,9 @@ class ChatServing:
         ]
         usage = await collect_choices(generation, choices, ctx)
         built = [choice.build() for choice in choices]
+        if forces_a_function(request):
+            for choice in built:
+                choice["finish_reason"] = _named_call_finish(choice["finish_reason"])
         response = {
             "id": response_id,
             "object": "chat.completion",
@@ -89,6 +103,12 @@ class ChatServing:
         # tool call carries the role itself with content null (so the OpenAI SDK's accumulated
         # message has content None, not "").
         unopened = [True] * request.n
+        finish = _FINISH_REASONS.get
+        if forces_a_function(request):
+
+            def finish(reason: int) -> str | None:
+                return _named_call_finish(_FINISH_REASONS.get(reason))
+
         unfinished = request.n
         last: bytes | None = None
         async for delta in generation.deltas():
@@ -124,7 +144,7 @@ class ChatServing:
                     "index": delta.index,
                     "delta": content,
                     "logprobs": logprobs,
-                    "finish_reason": _FINISH_REASONS.get(delta.finish_reason),
+                    "finish_reason": finish(delta.finish_reason),
                 }
             )
             if delta.finish_reason:

@@ -196,7 +196,8 @@ async def test_tool_call_is_returned_as_tool_calls(suite: Suite):
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
     )
     choice = completion.choices[0]
-    assert choice.finish_reason == "tool_calls"
+    # As OpenAI answers: a function forced by name ends with "stop", a required call with "tool_calls".
+    assert choice.finish_reason == "stop"
     call = choice.message.tool_calls[0]
     assert call.function.name == "get_weather"
     assert isinstance(json.loads(call.function.arguments)["city"], str)
@@ -497,3 +498,23 @@ async def test_an_empty_prompt_is_continued_from_nothing(suite: Suite):
     )
     assert [choice.index for choice in completion.choices] == [0, 1]
     assert all(choice.text for choice in completion.choices)
+
+
+async def test_finish_reason_of_tool_calls_follows_openai_by_tool_choice(suite: Suite):
+    tools = [{"type": "function", "function": {"name": "ping", "parameters": {"type": "object"}}}]
+    messages = [{"role": "user", "content": "Ping?"}]
+    named = {"type": "function", "function": {"name": "ping"}}
+    for tool_choice, expected in ((named, "stop"), ("required", "tool_calls")):
+        completion = await suite.client().chat.completions.create(
+            model=FAST_MODEL, messages=messages, tools=tools, tool_choice=tool_choice
+        )
+        assert completion.choices[0].finish_reason == expected
+        stream = await suite.client().chat.completions.create(
+            model=FAST_MODEL, messages=messages, tools=tools, tool_choice=tool_choice, stream=True
+        )
+        finishes = [
+            chunk.choices[0].finish_reason
+            async for chunk in stream
+            if chunk.choices and chunk.choices[0].finish_reason
+        ]
+        assert finishes == [expected]
