@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.edge.context import AccessRecord
@@ -17,8 +18,30 @@ logger = logging.getLogger(__name__)
 
 # A caller's id is reused only if it is safe in logs and in gRPC metadata.
 _USABLE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+# Per route and status; per request, never per token. Labels are route templates, so ids in paths
+# (and whatever unknown paths callers try) cannot grow the series without bound.
+REQUESTS = Counter("switchyard_edge_requests", "HTTP requests by path and status.", ["path", "status"])
+LATENCY = Histogram(
+    "switchyard_edge_request_seconds",
+    "HTTP requests from arrival to the end of the response (the whole stream, when streaming).",
+    ["path"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+
 # Probes poll these every few seconds; their lines would drown the requests.
 _QUIET_PATHS = frozenset({"/health"})
+
+
+_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/usage", "/v1/requests"})
+
+
+def _route_label(path: str) -> str:
+    if path in _ROUTES:
+        return path
+    for prefix in ("/v1/models/", "/v1/requests/"):
+        if path.startswith(prefix):
+            return prefix + "{id}"
+    return "other"
 
 
 def accepted_request_id(headers: list[tuple[bytes, bytes]]) -> str:
@@ -63,6 +86,11 @@ class RequestIdMiddleware:
                 raise  # the response has started: the server can only drop the connection
             await internal_error().response()(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            if scope["path"] not in _QUIET_PATHS:
+                route = _route_label(scope["path"])
+                REQUESTS.labels(route, str(access.status)).inc()
+                LATENCY.labels(route).observe(elapsed)
             level = logging.DEBUG if scope["path"] in _QUIET_PATHS else logging.INFO
             logger.log(
                 level,
@@ -70,7 +98,7 @@ class RequestIdMiddleware:
                 scope["method"],
                 scope["path"],
                 access.status,
-                (time.perf_counter() - started) * 1000,
+                elapsed * 1000,
                 access.request_id,
                 access.prompt_tokens,
                 access.completion_tokens,

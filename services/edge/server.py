@@ -10,6 +10,7 @@ import socket
 import uvicorn
 
 from services.common.grpc_server import install_shutdown_signals
+from services.common.metrics import MetricsServer
 from services.edge.app import create_app
 from services.edge.settings import EdgeSettings
 
@@ -37,6 +38,7 @@ class EdgeServer:
         self._socket = socket.create_server((settings.host, settings.port), family=_family(settings.host))
         self.port: int = self._socket.getsockname()[1]
         self._main_loop: asyncio.Task[None] | None = None
+        self.metrics: MetricsServer | None = None
 
     async def start(self) -> None:
         # What uvicorn.Server.serve() does, minus its signal handlers: the process owns the signals.
@@ -48,6 +50,8 @@ class EdgeServer:
         except SystemExit as error:  # uvicorn exits when the lifespan fails
             raise RuntimeError("the edge failed to start (see the log above)") from error
         self._main_loop = asyncio.create_task(self._server.main_loop())
+        if self.settings.metrics_port is not None:
+            self.metrics = MetricsServer(self.settings.host, self.settings.metrics_port)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops accepting, lets running requests finish for `grace` seconds (default from the
@@ -60,6 +64,9 @@ class EdgeServer:
             await self._server.shutdown(sockets=[self._socket])
         else:
             self._socket.close()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -51,6 +51,8 @@ class EdgeSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
     log_level: str = "INFO"
+    # Prometheus metrics at http://host:metrics_port/metrics, off the API port; unset: not served.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
     log_json: bool = False
 
     @field_validator(*_RETIRED, mode="before")

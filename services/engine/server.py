@@ -8,6 +8,7 @@ import contextlib
 import logging
 
 from services.common.grpc_server import GrpcServer, install_shutdown_signals
+from services.common.metrics import MetricsServer
 from services.engine.backends import create_backend
 from services.engine.backends.base import GenerationBackend
 from services.engine.service import EngineServicer
@@ -32,6 +33,7 @@ class EngineServer:
         self._servicer = EngineServicer(self.backend)
         self._grpc: GrpcServer | None = None
         self._health_watch: asyncio.Task[None] | None = None
+        self.metrics: MetricsServer | None = None
 
     @property
     def port(self) -> int:
@@ -53,6 +55,8 @@ class EngineServer:
             await self.backend.close()
             raise
         self._grpc = grpc_server
+        if self.settings.metrics_port is not None:
+            self.metrics = MetricsServer(self.settings.host, self.settings.metrics_port)
         self._health_watch = asyncio.create_task(
             self._watch_backend_health(grpc_server), name="engine-health-watch"
         )
@@ -73,6 +77,9 @@ class EngineServer:
         await self._servicer.drain(grace)
         await grpc_server.stop(0)
         await self.backend.close()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
     async def _watch_backend_health(self, grpc_server: GrpcServer) -> None:
         while True:

@@ -30,4 +30,7 @@ class EngineSettings(BaseSettings):
     # How often the backend's health is checked (a dead backend turns health NOT_SERVING).
     health_check_interval_seconds: float = Field(1.0, gt=0)
     log_level: str = "INFO"
+    # Prometheus metrics at http://host:metrics_port/metrics (with the vllm backend, vLLM's own
+    # engine metrics: queue, KV cache, prefix-cache hits, token throughput); unset: not served.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
     log_json: bool = False
