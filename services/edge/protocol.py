@@ -246,6 +246,10 @@ class CompletionRequest(GenerationRequest):
     @model_validator(mode="after")
     def _check_rules(self) -> CompletionRequest:
         self._check_shared_rules(self.max_tokens)
+        if (self.model_extra or {}).get("suffix"):
+            # OpenAI refuses suffix for models without insertion; ignoring it would return text that
+            # silently lacks what the caller asked for.
+            raise InvalidParameter("suffix is not supported by the models served here.", "suffix")
         if self.best_of:
             if self.best_of < self.n:
                 raise InvalidParameter(f"best_of ({self.best_of}) must be at least n ({self.n}).", "best_of")
@@ -480,6 +484,9 @@ class ChatCompletionRequest(GenerationRequest):
     @model_validator(mode="after")
     def _check_rules(self) -> ChatCompletionRequest:
         self._check_shared_rules(self.output_limit)
+        extra = self.model_extra or {}
+        if "audio" in (extra.get("modalities") or ()) or extra.get("audio"):
+            raise InvalidParameter("Audio output is not supported by the models served here.", "modalities")
         self._check_conversation()
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidParameter("top_logprobs requires logprobs to be true.", "top_logprobs")

@@ -307,3 +307,16 @@ def test_a_value_of_the_wrong_json_type_is_refused_not_converted(parse, body, pa
 def test_json_integers_are_numbers():
     request = completion(temperature=1, top_p=1, presence_penalty=-1)
     assert (request.temperature, request.top_p, request.presence_penalty) == (1.0, 1.0, -1.0)
+
+
+
+@pytest.mark.parametrize(
+    ("parse", "body", "param"),
+    [
+        (completion, {"suffix": "END"}, "suffix"),
+        (chat, {"modalities": ["text", "audio"]}, "modalities"),
+        (chat, {"audio": {"voice": "alloy", "format": "mp3"}}, "modalities"),
+    ],
+)
+def test_what_no_served_model_can_do_is_refused_rather_than_ignored(parse, body, param):
+    assert refusal(parse, **body).param == param
