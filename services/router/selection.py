@@ -154,6 +154,10 @@ def select_models(
     fallbacks = _fallbacks(registry, routing.fallback_models, may_use)
 
     explicit_name = model if model and model != AUTO_MODEL else ""
+    # Every `models` entry must exist even when an explicit model makes the list moot: a typo there
+    # is the caller's mistake to hear about (resolve raises ModelNotFoundError).
+    for listed in routing.models:
+        registry.resolve(listed)
     if not explicit_name and len(routing.models) == 1:
         explicit_name = routing.models[0]
     if explicit_name:

@@ -160,6 +160,7 @@ def test_an_explicit_model_is_refused_at_once_for_a_prompt_it_could_never_hold()
     [
         {"model": "nobody/nothing"},
         {"models": ["acme/nano", "nobody/nothing"]},
+        {"model": "acme/nano", "models": ["nobody/nothing"]},
     ],
 )
 def test_unknown_names_are_not_found(routing):
