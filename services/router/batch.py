@@ -108,7 +108,9 @@ class BatchRun:
 
 
 def _add(total: Outcome, part: Outcome) -> None:
-    total.attempts += part.attempts
+    # Attempts count engine calls per prompt (1 = no retry): the batch's is its worst prompt's, so a
+    # three-prompt request that needed no retry reports 1, not 3.
+    total.attempts = max(total.attempts, part.attempts)
     total.resumed += part.resumed
     total.fallbacks_used.extend(part.fallbacks_used)
     total.usage.prompt_tokens += part.usage.prompt_tokens

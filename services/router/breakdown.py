@@ -18,11 +18,12 @@ _PREFERENCES = {
 _STATUS_OK = 200
 
 
-def candidate_scores(selection: Selection, reveal: bool) -> list[router_pb2.CandidateScore]:
-    """Best first, ineligible last. Redacted: names and providers hidden, numbers and reasons kept."""
+def candidate_scores(selection: Selection, reveal: bool, named: str = "") -> list[router_pb2.CandidateScore]:
+    """Best first, ineligible last. Redacted: names and providers hidden, numbers and reasons kept;
+    `named` is what the caller called the one candidate of an explicit request."""
     return [
         router_pb2.CandidateScore(
-            model=candidate.entry.id if reveal else REDACTED,
+            model=candidate.entry.id if reveal else (named if selection.explicit and named else REDACTED),
             provider=candidate.entry.provider if reveal else REDACTED,
             score=candidate.score,
             quality=candidate.entry.quality,
@@ -50,17 +51,21 @@ def build_breakdown(
     """`cost`: the credits billed (what a cache hit costs, not what the engine would have);
     `received_at`/`finished_at` are time.perf_counter() readings; `timestamp` is wall-clock time."""
     served = outcome.model
+    selection = decision.selection
+    # The name the caller sent, when that model served: it reveals nothing they did not send, and
+    # it is what the response's `model` says too.
+    named = selection.named if served is not None and served is selection.plan[0] else ""
     breakdown = router_pb2.RequestBreakdown(
         prompt_tokens=outcome.usage.prompt_tokens,
         completion_tokens=outcome.usage.completion_tokens,
         cached_tokens=outcome.usage.cached_tokens,
         cost=cost,
-        model=(display_name(served) if reveal else REDACTED) if served is not None else "",
+        model=(display_name(served) if reveal else named or REDACTED) if served is not None else "",
         provider=(served.entry.provider if reveal else REDACTED) if served is not None else "",
         category=decision.score.category,
         difficulty=decision.score.difficulty,
-        preference=_PREFERENCES[decision.selection.preference],
-        scores=candidate_scores(decision.selection, reveal),
+        preference=_PREFERENCES[selection.preference],
+        scores=candidate_scores(selection, reveal, named=named),
         routing_time=routing_time,
         latency=finished_at - received_at,
         time_to_first_token=(outcome.first_output_at - received_at) if outcome.first_output_at else 0.0,

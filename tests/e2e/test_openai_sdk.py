@@ -306,8 +306,17 @@ async def test_request_breakdown_reports_tokens_and_cost(suite: Suite):
     assert breakdown["prompt_tokens"] == body["usage"]["prompt_tokens"]
     assert breakdown["completion_tokens"] == body["usage"]["completion_tokens"]
     assert breakdown["cost"] > 0
-    assert breakdown["model"] == "redacted"
+    # The caller named the model: the breakdown says it as the response does.
+    assert breakdown["model"] == body["model"] == FAST_MODEL
     assert breakdown["stream"] is False
+
+    chosen = (
+        await post_json(
+            suite, "/v1/chat/completions", {"messages": CHAT, "max_tokens": 5, "request_breakdown": True}
+        )
+    ).json()
+    assert chosen["model"] == chosen["request_breakdown"]["model"] == "redacted", "the router chose"
+    assert {score["model"] for score in chosen["request_breakdown"]["scores"]} == {"redacted"}
 
     chunks = await sse_chunks(
         suite,

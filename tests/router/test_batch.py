@@ -22,11 +22,14 @@ def batch_request(prompts: list[str], *, model: str = "globex/mid", **sampling) 
 async def test_a_batch_streams_every_prompt_s_choices_under_one_routed_event(make_cluster):
     cluster = await make_cluster()
     sampling = {"max_tokens": 3, "temperature": 0, "ignore_eos": True, "n": 2}
-    reply = await cluster.generate(batch_request(PROMPTS, **sampling), metadata=(("x-request-id", "b-1"),))
+    request = batch_request(PROMPTS, **sampling)
+    request.request_breakdown = True
+    reply = await cluster.generate(request, metadata=(("x-request-id", "b-1"),))
 
     assert reply.order.count("routed") == 1 and reply.order[0] == "routed" and reply.order[-1] == "finished"
     assert sorted(reply.finish_reasons()) == list(range(6))
     assert reply.finished.usage.completion_tokens == 3 * 2 * 3
+    assert reply.finished.breakdown.attempts == 1, "three prompts, none retried: one attempt, not three"
     engine_requests = [request for engine in cluster.all_engines() for request in engine.backend.requests]
     assert sorted(request.request_id for request in engine_requests) == ["b-1-0", "b-1-1", "b-1-2"]
     alone = [
