@@ -21,6 +21,21 @@ ERROR_DOMAIN = "switchyard.dev"
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
+# google/rpc/code.proto's HTTP mapping: what the edge answers for a status, and what the router
+# logs a request as having ended with. Anything else is 500.
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.UNAVAILABLE: 503,
+}
+
+
 def reason_name(reason: int) -> str:
     """ERROR_REASON_MODEL_NOT_FOUND -> "MODEL_NOT_FOUND" (the string in ErrorInfo.reason)."""
     return inference_pb2.ErrorReason.Name(reason).removeprefix("ERROR_REASON_")

@@ -24,7 +24,7 @@ import orjson
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from services.common.errors import RemoteError
+from services.common.errors import HTTP_STATUS, RemoteError
 from services.edge.protocol import InvalidParameter, error_param
 
 INTERNAL_MESSAGE = "The server had an error while processing your request."
@@ -33,23 +33,20 @@ INTERNAL_MESSAGE = "The server had an error while processing your request."
 # whoever refused it (the edge's own validation or the engine's), as OpenAI answers it.
 _CODES = {"INVALID_REQUEST": None}
 
-# gRPC code -> (HTTP status, OpenAI error type, message for errors whose own message is not for callers).
-_BY_CODE: dict[grpc.StatusCode, tuple[int, str, str]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error", "The request is invalid."),
-    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error", "The request is invalid."),
-    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error", "The request is invalid."),
-    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error", "Invalid API key."),
-    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error", "This API key may not do that."),
-    grpc.StatusCode.NOT_FOUND: (404, "invalid_request_error", "Not found."),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error", "Too many requests; retry later."),
-    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout_error", "The request timed out."),
-    grpc.StatusCode.UNAVAILABLE: (
-        503,
-        "server_error",
-        "The service is temporarily unavailable; retry later.",
-    ),
+# gRPC code -> (OpenAI error type, message for errors whose own message is not for callers); the
+# HTTP status is services.common.errors.HTTP_STATUS's.
+_BY_CODE: dict[grpc.StatusCode, tuple[str, str]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: ("invalid_request_error", "The request is invalid."),
+    grpc.StatusCode.OUT_OF_RANGE: ("invalid_request_error", "The request is invalid."),
+    grpc.StatusCode.FAILED_PRECONDITION: ("invalid_request_error", "The request is invalid."),
+    grpc.StatusCode.UNAUTHENTICATED: ("authentication_error", "Invalid API key."),
+    grpc.StatusCode.PERMISSION_DENIED: ("permission_error", "This API key may not do that."),
+    grpc.StatusCode.NOT_FOUND: ("invalid_request_error", "Not found."),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ("rate_limit_error", "Too many requests; retry later."),
+    grpc.StatusCode.DEADLINE_EXCEEDED: ("timeout_error", "The request timed out."),
+    grpc.StatusCode.UNAVAILABLE: ("server_error", "The service is temporarily unavailable; retry later."),
 }
-_INTERNAL = (500, "server_error", INTERNAL_MESSAGE)
+_INTERNAL = ("server_error", INTERNAL_MESSAGE)
 _INSUFFICIENT_QUOTA = "INSUFFICIENT_QUOTA"
 _RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"
 
@@ -106,7 +103,8 @@ def _too_many_requests(error: RemoteError) -> tuple[str, dict[str, str]]:
 
 
 def from_remote(error: RemoteError) -> ApiError:
-    status, error_type, generic_message = _BY_CODE.get(error.code, _INTERNAL)
+    status = HTTP_STATUS.get(error.code, 500)
+    error_type, generic_message = _BY_CODE.get(error.code, _INTERNAL) if status != 500 else _INTERNAL
     # Typed service errors carry an ErrorInfo reason and messages written for callers. Anything else
     # (a transport failure, a crash) may hold addresses or internals, so the caller gets a generic line.
     message = error.message if error.reason and status != 500 else generic_message

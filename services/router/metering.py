@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 import grpc
 
 from services.common.errors import (
+    HTTP_STATUS,
     InsufficientQuotaError,
     RemoteError,
     ServiceError,
@@ -54,20 +55,6 @@ CACHE_HEADER = "x-switchyard-cache"
 # nginx's "client closed request": the caller went away before the response ended.
 CLIENT_CLOSED_REQUEST = 499
 
-# google/rpc/code.proto's HTTP mapping, as the edge answers: the status a logged request ended with.
-_HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.UNAVAILABLE: 503,
-}
-
-
 def header(metadata: Iterable[tuple[str, str | bytes]] | None, name: str) -> str:
     for key, value in metadata or ():
         if key == name and isinstance(value, str):
@@ -80,9 +67,9 @@ def ended_with(error: BaseException | None, deadline_passed: bool) -> tuple[int,
     if error is None:
         return 200, ""
     if isinstance(error, ServiceError):
-        return _HTTP_STATUS.get(error.code, 500), reason_name(error.reason) if error.reason else ""
+        return HTTP_STATUS.get(error.code, 500), reason_name(error.reason) if error.reason else ""
     if isinstance(error, RemoteError):
-        return _HTTP_STATUS.get(error.code, 500), error.reason
+        return HTTP_STATUS.get(error.code, 500), error.reason
     if isinstance(error, asyncio.CancelledError | GeneratorExit):
         # gRPC cancels the handler both when the caller goes and when its deadline passes.
         return (504, "TIMEOUT") if deadline_passed else (CLIENT_CLOSED_REQUEST, "")

@@ -21,9 +21,9 @@ from services.router.accounting import schema
 from services.router.accounting.database import Database
 from services.router.accounting.errors import NotFoundError
 from services.router.accounting.keys import Principal
+from services.router.redaction import REDACTED
 from switchyard.inference.v1 import inference_pb2
 
-REDACTED = "redacted"
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
