@@ -242,7 +242,7 @@ class MeteredRequest:
         without waiting (the database writes run in the background). Returns the cost in credits.
         Call it once the request ended, however it ended."""
         remaining = self._time_remaining()
-        status, _ = ended_with(error, deadline_passed=remaining is not None and remaining <= 0)
+        status, reason = ended_with(error, deadline_passed=remaining is not None and remaining <= 0)
         observe_request(outcome, status, self.received_at, time.perf_counter())
         accounting = self._accounting
         if accounting is None:
@@ -268,7 +268,9 @@ class MeteredRequest:
                 use_cache=self._use_cache,
             )
         accounting.record(
-            self._log_entry(outcome, error, cost_nanocredits, choice_texts(deltas) if keep_text else [])
+            self._log_entry(
+                outcome, status, reason, cost_nanocredits, choice_texts(deltas) if keep_text else []
+            )
         )
         return cost
 
@@ -285,12 +287,11 @@ class MeteredRequest:
     def _log_entry(
         self,
         outcome: Outcome,
-        error: BaseException | None,
+        status: int,
+        reason: str,
         cost_nanocredits: int,
         completions: list[str],
     ) -> RequestLogEntry:
-        remaining = self._time_remaining()
-        status, reason = ended_with(error, deadline_passed=remaining is not None and remaining <= 0)
         request, decision, served, usage = self.request, self._decision, outcome.model, outcome.usage
         return RequestLogEntry(
             request_id=self.request_id,
